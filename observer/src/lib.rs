@@ -1,0 +1,1 @@
+//! observer agent library.

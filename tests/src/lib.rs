@@ -1,0 +1,1 @@
+//! Helpers for observer's kernel and end-to-end tests.
