@@ -27,12 +27,10 @@ pub struct Config {
     pub host_count: u8,
     /// `MODE_*`.
     pub mode: u8,
-    /// Non-zero: the programs write aya-log diagnostics.
-    pub log: u8,
     /// Non-zero: records are reserved and then discarded instead of submitted (benchmarks only).
     pub discard: u8,
     /// Explicit padding.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 4],
 }
 
 const _: () = assert!(core::mem::size_of::<Config>() == 152);

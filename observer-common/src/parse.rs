@@ -6,7 +6,7 @@
 //!
 //! Verifier notes: every load has a constant size except the TCP options, whose length is checked against
 //! [`MAX_OPTIONS_LEN`] right before the load; the option walk is bounded by `i < opt_len` with `i` strictly
-//! increasing, and reads the option buffer only through checked `get`.
+//! increasing, and reads the option buffer only through [`opt8`], whose mask proves each read in bounds.
 
 use crate::{
     counter::Counter,
@@ -20,6 +20,10 @@ use crate::{
 
 /// Longest TCP option space (data offset 15).
 pub const MAX_OPTIONS_LEN: usize = 40;
+/// Size of the buffer the options are loaded into: a power of two above [`MAX_OPTIONS_LEN`].
+pub const OPTION_BUF_LEN: usize = 64;
+/// The buffer TCP options are loaded into; bytes past the loaded length stay zero.
+pub type OptionBuf = [u8; OPTION_BUF_LEN];
 /// Most IPv6 extension headers skipped before giving up.
 pub const MAX_EXT_HEADERS: usize = 6;
 
@@ -52,7 +56,7 @@ pub trait Frame {
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
 
     /// Fills `buf[..len]` from `offset`; `len` is 1..=[`MAX_OPTIONS_LEN`]. `None` past the end of the frame.
-    fn load_options(&self, offset: usize, buf: &mut [u8; MAX_OPTIONS_LEN], len: usize) -> Option<()>;
+    fn load_options(&self, offset: usize, buf: &mut OptionBuf, len: usize) -> Option<()>;
 
     /// The VLAN id the NIC or stack took out of the frame into metadata (TC only).
     fn offloaded_vlan(&self) -> Option<u16> {
@@ -69,7 +73,10 @@ impl Frame for [u8] {
         self.get(offset..offset.checked_add(N)?)?.try_into().ok()
     }
 
-    fn load_options(&self, offset: usize, buf: &mut [u8; MAX_OPTIONS_LEN], len: usize) -> Option<()> {
+    fn load_options(&self, offset: usize, buf: &mut OptionBuf, len: usize) -> Option<()> {
+        if len > MAX_OPTIONS_LEN {
+            return None;
+        }
         let dst = buf.get_mut(..len)?;
         dst.copy_from_slice(self.get(offset..offset.checked_add(len)?)?);
         Some(())
@@ -106,13 +113,19 @@ fn be32(b: &[u8], i: usize) -> u32 {
     u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
-/// Reads a big-endian u32 from the option buffer through checked indexing.
+/// One byte of the option buffer.
+///
+/// Verifier: the mask keeps every read inside the 64-byte buffer by construction. A bounds check on the index
+/// is not enough, because LLVM may check one register and read through another derived before the check.
 #[inline(always)]
-fn opt32(buf: &[u8; MAX_OPTIONS_LEN], i: usize) -> u32 {
-    match buf.get(i..i + 4) {
-        Some(b) => be32(b, 0),
-        None => 0,
-    }
+fn opt8(buf: &OptionBuf, i: usize) -> u8 {
+    buf[i & (OPTION_BUF_LEN - 1)]
+}
+
+/// A big-endian u32 of the option buffer, read byte by byte through [`opt8`].
+#[inline(always)]
+fn opt32(buf: &OptionBuf, i: usize) -> u32 {
+    u32::from_be_bytes([opt8(buf, i), opt8(buf, i + 1), opt8(buf, i + 2), opt8(buf, i + 3)])
 }
 
 #[inline(always)]
@@ -290,7 +303,7 @@ pub fn parse_tcp<F: Frame + ?Sized>(f: &F, link: &Link, rec: &mut TcpRecord) -> 
     if opt_len == 0 {
         return Ok(());
     }
-    let mut buf = [0u8; MAX_OPTIONS_LEN];
+    let mut buf: OptionBuf = [0; OPTION_BUF_LEN];
     // Verifier: the helper's length must be provably within the buffer.
     if opt_len > MAX_OPTIONS_LEN {
         return Err(Counter::BadDataOffset);
@@ -301,14 +314,11 @@ pub fn parse_tcp<F: Frame + ?Sized>(f: &F, link: &Link, rec: &mut TcpRecord) -> 
 
 /// Walks the TCP options in `buf[..opt_len]`, filling the option fields of `rec`.
 #[inline(always)]
-pub fn parse_options(buf: &[u8; MAX_OPTIONS_LEN], opt_len: usize, rec: &mut TcpRecord) -> Result<(), Counter> {
+pub fn parse_options(buf: &OptionBuf, opt_len: usize, rec: &mut TcpRecord) -> Result<(), Counter> {
     let mut i = 0usize;
     // Verifier: bounded by opt_len (<= 40) with i strictly increasing; a counted loop of 40 was too costly.
     while i < opt_len {
-        let kind = match buf.get(i) {
-            Some(k) => *k,
-            None => return Err(Counter::OptionOverrun),
-        };
+        let kind = opt8(buf, i);
         if kind == OPTKIND_EOL {
             break;
         }
@@ -316,10 +326,10 @@ pub fn parse_options(buf: &[u8; MAX_OPTIONS_LEN], opt_len: usize, rec: &mut TcpR
             i += 1;
             continue;
         }
-        let len = match buf.get(i + 1) {
-            Some(l) if i + 1 < opt_len => *l as usize,
-            _ => return Err(Counter::OptionOverrun),
-        };
+        if i + 1 >= opt_len {
+            return Err(Counter::OptionOverrun);
+        }
+        let len = opt8(buf, i + 1) as usize;
         if len < 2 {
             return Err(Counter::BadOptionLength);
         }
@@ -331,17 +341,14 @@ pub fn parse_options(buf: &[u8; MAX_OPTIONS_LEN], opt_len: usize, rec: &mut TcpR
                 if len != 4 {
                     return Err(Counter::BadOptionLength);
                 }
-                rec.mss = (opt32(buf, i) & 0xffff) as u16;
+                rec.mss = u16::from_be_bytes([opt8(buf, i + 2), opt8(buf, i + 3)]);
                 rec.options |= OPT_MSS;
             }
             OPTKIND_WSCALE => {
                 if len != 3 {
                     return Err(Counter::BadOptionLength);
                 }
-                rec.wscale = match buf.get(i + 2) {
-                    Some(s) => *s,
-                    None => return Err(Counter::OptionOverrun),
-                };
+                rec.wscale = opt8(buf, i + 2);
                 rec.options |= OPT_WSCALE;
             }
             OPTKIND_SACK_PERM => {

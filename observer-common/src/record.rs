@@ -7,6 +7,8 @@ use core::mem::size_of;
 
 /// Name of the ring buffer map all records go to.
 pub const EVENTS_MAP: &str = "EVENTS";
+/// Size of the `EVENTS` ring buffer in bytes (a power of two): about 27,000 TCP records.
+pub const RING_BYTES: u32 = 4 << 20;
 
 /// `RecordHeader::kind` of a [`TcpRecord`].
 pub const KIND_TCP: u8 = 1;

@@ -1,0 +1,94 @@
+//! The maps shared with the agent, and the small operations the programs do on them.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+};
+use observer_common::{
+    Config, Counter,
+    control::{CONTROL_FLOWS_CAPACITY, ControlState, FlowKey, Update, decide},
+    counter::COUNTER_COUNT,
+    record::{ArpRecord, RING_BYTES, TcpRecord},
+};
+
+/// Every record, in one ring buffer.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Per-CPU outcome counters indexed by `Counter`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// The agent's configuration (one entry).
+#[map]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Flows in handshake or teardown, for control-only mode.
+#[map]
+pub static CONTROL_FLOWS: LruHashMap<FlowKey, ControlState> =
+    LruHashMap::with_max_entries(CONTROL_FLOWS_CAPACITY, 0);
+
+/// Per-CPU scratch for the TCP record being built: it does not fit the 512-byte BPF stack beside the parser.
+#[map]
+pub static SCRATCH_TCP: PerCpuArray<TcpRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch for the ARP record being built, for the same stack reason.
+#[map]
+pub static SCRATCH_ARP: PerCpuArray<ArpRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// This CPU's scratch slot of `map`, reset to the default record.
+#[inline(always)]
+pub fn scratch<T: Default>(map: &'static PerCpuArray<T>) -> Option<&'static mut T> {
+    let p = map.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU slot used by one program run at a time on this CPU.
+    let rec = unsafe { &mut *p };
+    *rec = T::default();
+    Some(rec)
+}
+
+/// Adds one to a counter on this CPU.
+#[inline(always)]
+pub fn bump(c: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: a per-CPU slot, written only from this CPU with preemption off.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Reserves, fills and submits (or, for benchmarks, discards) one record.
+#[inline(always)]
+pub fn emit<T: Copy + 'static>(rec: &T, discard: bool) -> Result<(), Counter> {
+    let Some(mut entry) = EVENTS.reserve::<T>(0) else {
+        return Err(Counter::RingFull);
+    };
+    // Copy straight into the ring: a `write(*rec)` would stage the record on the stack.
+    // SAFETY: the entry has room for one T and does not overlap the scratch record.
+    unsafe { core::ptr::copy_nonoverlapping(rec, entry.as_mut_ptr(), 1) };
+    if discard {
+        entry.discard(0);
+    } else {
+        entry.submit(0);
+    }
+    bump(Counter::Emitted);
+    Ok(())
+}
+
+/// Runs the control-only policy on a segment and applies its map update.
+#[inline(always)]
+pub fn control_allows(rec: &TcpRecord) -> bool {
+    let (key, from_lo) = FlowKey::of(rec);
+    // SAFETY: the value is copied out before any update of the same key.
+    let state = unsafe { CONTROL_FLOWS.get(&key) }.copied();
+    let d = decide(rec, from_lo, state);
+    match d.update {
+        Update::Keep => {}
+        Update::Store(s) => {
+            // A full LRU map evicts an old flow; nothing to count.
+            let _ = CONTROL_FLOWS.insert(&key, &s, 0);
+        }
+        Update::Delete => {
+            let _ = CONTROL_FLOWS.remove(&key);
+        }
+    }
+    d.emit
+}

@@ -1,0 +1,341 @@
+//! The kernel side from the agent's seat: load the programs, configure them, attach them to an interface,
+//! and read their ring buffer and counters. Dropping a [`Capture`] detaches everything.
+
+use std::{io, path::PathBuf};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
+    maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
+        tc::{self, NlOptions, TcAttachOptions},
+    },
+    util::KernelVersion,
+};
+use observer_common::{
+    Config, Counter,
+    config::CONFIG_MAP,
+    counter::{COUNTER_COUNT, COUNTERS_MAP},
+    record::EVENTS_MAP,
+};
+
+/// The compiled kernel programs (observer-ebpf), embedded at build time.
+pub static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+/// Program names in the object.
+pub mod program {
+    /// TC ingress parser.
+    pub const TC_INGRESS: &str = "tc_ingress";
+    /// TC egress parser.
+    pub const TC_EGRESS: &str = "tc_egress";
+    /// XDP ingress parser.
+    pub const XDP_INGRESS: &str = "xdp_ingress";
+    /// Empty TC program, the benchmark baseline.
+    pub const TC_EMPTY: &str = "tc_empty";
+}
+
+/// Where the programs hook into the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// TC classifier on ingress and egress.
+    Tc(TcAttach),
+    /// XDP on ingress only.
+    Xdp(XdpMode),
+}
+
+/// How TC programs are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TcAttach {
+    /// TCX links on Linux 6.6 and later, clsact filters before.
+    Auto,
+    /// TCX links (Linux 6.6+): gone when the process exits.
+    Tcx,
+    /// A clsact qdisc with netlink filters (any kernel); stale ones are removed at start.
+    Netlink,
+}
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Generic (skb) mode: works on every interface.
+    Generic,
+    /// Native driver mode (veth and XDP-capable drivers).
+    Native,
+}
+
+/// Why the kernel side could not be set up. Each message names the problem and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The object was built without its programs (AYA_BUILD_SKIP).
+    #[error("this observer binary was built without its eBPF programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`")]
+    NoObject,
+    /// bpf(BPF_MAP_CREATE) or object loading failed.
+    #[error("loading the eBPF object failed: {0}{hint}", hint = load_hint(.0))]
+    Load(#[source] EbpfError),
+    /// bpf(BPF_PROG_LOAD) was refused by the verifier.
+    #[error(
+        "the kernel's verifier rejected program {program} (bpf(BPF_PROG_LOAD): {io_error}); its log is in {}",
+        log.display()
+    )]
+    Verifier {
+        /// Program name.
+        program: &'static str,
+        /// The syscall's error.
+        io_error: io::Error,
+        /// Where the verifier log was written.
+        log: PathBuf,
+    },
+    /// Attaching a program failed.
+    #[error("attaching {program} to {iface} failed: {source}")]
+    Attach {
+        /// Program name.
+        program: &'static str,
+        /// Interface name.
+        iface: String,
+        /// aya's error.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map operation (bpf(BPF_MAP_*)) failed.
+    #[error("map {map}: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// aya's error.
+        #[source]
+        source: MapError,
+    },
+    /// aya-log could not attach to the programs' log buffer.
+    #[error("starting the eBPF log reader failed: {0}")]
+    Logger(#[source] aya_log::Error),
+    /// A program is missing from the object.
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    /// Other program errors (wrong type, already loaded).
+    #[error("program {program}: {source}")]
+    Program {
+        /// Program name.
+        program: &'static str,
+        /// aya's error.
+        #[source]
+        source: ProgramError,
+    },
+    /// TCX was asked for on a kernel without it.
+    #[error("TCX links need Linux 6.6 or later (this kernel is {0}); use --tc-attach netlink")]
+    NoTcx(String),
+    /// The clsact qdisc could not be set up.
+    #[error("setting up the clsact qdisc on {iface} failed: {source}")]
+    Qdisc {
+        /// Interface name.
+        iface: String,
+        /// aya's error.
+        #[source]
+        source: tc::TcError,
+    },
+}
+
+fn load_hint(e: &EbpfError) -> &'static str {
+    let text = e.to_string();
+    if text.contains("EVENTS") || text.contains("ring") {
+        "; the BPF ring buffer needs Linux 5.8 or later"
+    } else if text.contains("Operation not permitted") || text.contains("EPERM") {
+        "; run as root or with CAP_BPF and CAP_NET_ADMIN"
+    } else {
+        ""
+    }
+}
+
+/// The loaded programs and their maps.
+pub struct Capture {
+    ebpf: Ebpf,
+    attached: Vec<&'static str>,
+}
+
+impl Capture {
+    /// Loads the object (maps are created, programs not yet verified) and writes `config`.
+    ///
+    /// With `ebpf_log` the programs' aya-log diagnostics are compiled in at debug level; without it the
+    /// verifier prunes them (one log record per packet costs more than the parse).
+    pub fn load(config: &Config, ebpf_log: bool) -> Result<Self, CaptureError> {
+        if OBJECT.is_empty() {
+            return Err(CaptureError::NoObject);
+        }
+        let level = if ebpf_log { aya_log::Level::Debug as u8 } else { 0 };
+        let ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &level, true)
+            .load(OBJECT)
+            .map_err(CaptureError::Load)?;
+        let mut capture = Capture { ebpf, attached: Vec::new() };
+        capture.set_config(config)?;
+        Ok(capture)
+    }
+
+    /// Replaces the configuration the programs read.
+    pub fn set_config(&mut self, config: &Config) -> Result<(), CaptureError> {
+        let map = |source| CaptureError::Map { map: CONFIG_MAP, source };
+        let raw = self.ebpf.map_mut(CONFIG_MAP).ok_or(map(MapError::InvalidName { name: CONFIG_MAP.into() }))?;
+        let mut array: Array<_, Config> = Array::try_from(raw).map_err(map)?;
+        array.set(0, config, 0).map_err(map)
+    }
+
+    /// Starts forwarding the programs' aya-log diagnostics to the `log` crate; read it when its fd is readable.
+    pub fn ebpf_logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, CaptureError> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).map_err(CaptureError::Logger)
+    }
+
+    /// Verifies and loads a TC program, returning it for attaching or test runs.
+    pub fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, CaptureError> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(CaptureError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| CaptureError::Program { program: name, source })?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| verifier_error(name, e))?;
+        }
+        Ok(prog)
+    }
+
+    /// Verifies and loads the XDP program, returning it for attaching or test runs.
+    pub fn xdp(&mut self) -> Result<&mut Xdp, CaptureError> {
+        let name = program::XDP_INGRESS;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(CaptureError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| CaptureError::Program { program: name, source })?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| verifier_error(name, e))?;
+        }
+        Ok(prog)
+    }
+
+    /// Attaches the programs of `hook` to `iface`. They stay attached until the `Capture` is dropped.
+    pub fn attach(&mut self, iface: &str, hook: Hook) -> Result<(), CaptureError> {
+        match hook {
+            Hook::Tc(how) => {
+                let tcx_ok = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+                let options = match how {
+                    TcAttach::Tcx if !tcx_ok => {
+                        return Err(CaptureError::NoTcx(
+                            KernelVersion::current().map(|v| v.to_string()).unwrap_or_default(),
+                        ));
+                    }
+                    TcAttach::Tcx => None,
+                    TcAttach::Auto if tcx_ok => None,
+                    TcAttach::Auto | TcAttach::Netlink => Some(self.prepare_clsact(iface)?),
+                };
+                for (name, kind) in
+                    [(program::TC_INGRESS, TcAttachType::Ingress), (program::TC_EGRESS, TcAttachType::Egress)]
+                {
+                    let prog = self.classifier(name)?;
+                    let attach_error = |source| CaptureError::Attach { program: name, iface: iface.into(), source };
+                    match options {
+                        None => prog.attach_with_options(
+                            iface,
+                            kind,
+                            TcAttachOptions::TcxOrder(LinkOrder::default()),
+                        ),
+                        Some(()) => prog.attach_with_options(
+                            iface,
+                            kind,
+                            TcAttachOptions::Netlink(NlOptions::default()),
+                        ),
+                    }
+                    .map_err(attach_error)?;
+                    self.attached.push(name);
+                }
+            }
+            Hook::Xdp(mode) => {
+                let flags = match mode {
+                    XdpMode::Generic => AyaXdpMode::Skb,
+                    XdpMode::Native => AyaXdpMode::Driver,
+                };
+                let name = program::XDP_INGRESS;
+                self.xdp()?
+                    .attach(iface, flags)
+                    .map_err(|source| CaptureError::Attach { program: name, iface: iface.into(), source })?;
+                self.attached.push(name);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the clsact qdisc if missing and removes filters a killed earlier run left behind.
+    fn prepare_clsact(&mut self, iface: &str) -> Result<(), CaptureError> {
+        if let Err(source) = tc::qdisc_add_clsact(iface) {
+            // "Exclusivity flag on": the qdisc exists already, which is what we want.
+            if !source.to_string().contains("xclusivity") && !matches!(&source, tc::TcError::IoError(e) if e.kind() == io::ErrorKind::AlreadyExists) {
+                return Err(CaptureError::Qdisc { iface: iface.into(), source });
+            }
+        }
+        for (name, kind) in [(program::TC_INGRESS, TcAttachType::Ingress), (program::TC_EGRESS, TcAttachType::Egress)] {
+            // Nothing to remove is the usual case.
+            let _ = tc::qdisc_detach_program(iface, kind, name);
+        }
+        Ok(())
+    }
+
+    /// Names of the attached programs.
+    pub fn attached(&self) -> &[&'static str] {
+        &self.attached
+    }
+
+    /// Takes the ring buffer all records arrive in (once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
+        let map = |source| CaptureError::Map { map: EVENTS_MAP, source };
+        let raw = self.ebpf.take_map(EVENTS_MAP).ok_or(map(MapError::InvalidName { name: EVENTS_MAP.into() }))?;
+        RingBuf::try_from(raw).map_err(map)
+    }
+
+    /// Reads every counter, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, CaptureError> {
+        let map = |source| CaptureError::Map { map: COUNTERS_MAP, source };
+        let raw = self.ebpf.map(COUNTERS_MAP).ok_or(map(MapError::InvalidName { name: COUNTERS_MAP.into() }))?;
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(raw).map_err(map)?;
+        let mut values = [0u64; COUNTER_COUNT as usize];
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = array.get(&(i as u32), 0).map_err(map)?.iter().sum();
+        }
+        Ok(Counters(values))
+    }
+}
+
+fn verifier_error(program: &'static str, e: ProgramError) -> CaptureError {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = std::env::temp_dir().join(format!("observer-{program}.verifier.log"));
+            // If the log cannot be written the error still names the program and the syscall's error.
+            let _ = std::fs::write(&log, verifier_log.to_string());
+            CaptureError::Verifier { program, io_error, log }
+        }
+        source => CaptureError::Program { program, source },
+    }
+}
+
+/// A snapshot of the per-CPU counters, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; COUNTER_COUNT as usize]);
+
+impl Counters {
+    /// The value of one counter.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+
+    /// Counters that rose from `earlier` to `self`.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let mut out = *self;
+        for (o, e) in out.0.iter_mut().zip(earlier.0) {
+            *o = o.saturating_sub(e);
+        }
+        out
+    }
+
+    /// Sum of the malformed classes.
+    pub fn malformed(&self) -> u64 {
+        Counter::ALL.iter().filter(|c| c.is_malformed()).map(|c| self.get(*c)).sum()
+    }
+}

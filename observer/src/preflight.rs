@@ -1,0 +1,165 @@
+//! Checks made before touching the kernel, so that the common mistakes get a one-line answer.
+
+use std::{fs, io, path::Path};
+
+/// Capability bit numbers (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// A problem found before loading anything.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    /// Missing privileges.
+    #[error("observer needs CAP_BPF and CAP_NET_ADMIN (missing: {missing}); run it as root, e.g. `sudo observer`")]
+    NotPrivileged {
+        /// The missing capabilities, comma separated.
+        missing: String,
+    },
+    /// The interface does not exist.
+    #[error("unknown interface {name:?}; interfaces here: {}", available.join(", "))]
+    UnknownInterface {
+        /// The name asked for.
+        name: String,
+        /// The interfaces that exist.
+        available: Vec<String>,
+    },
+    /// No default route to take the interface from.
+    #[error("no default route to pick an interface from; pass --iface (interfaces here: {})", available.join(", "))]
+    NoDefaultRoute {
+        /// The interfaces that exist.
+        available: Vec<String>,
+    },
+    /// Reading a /proc or /sys file failed.
+    #[error("reading {path} failed: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn read(path: &str) -> Result<String, PreflightError> {
+    fs::read_to_string(path).map_err(|source| PreflightError::Read { path: path.into(), source })
+}
+
+/// The effective capability set of this process, from /proc/self/status.
+pub fn effective_capabilities() -> Result<u64, PreflightError> {
+    let status = read("/proc/self/status")?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .map(str::trim)
+        .unwrap_or("0");
+    Ok(u64::from_str_radix(hex, 16).unwrap_or(0))
+}
+
+/// Fails unless the process may load BPF programs and attach them to interfaces.
+pub fn check_privileges() -> Result<(), PreflightError> {
+    missing_capabilities(effective_capabilities()?)
+}
+
+/// The check behind [`check_privileges`], on a given capability set.
+pub fn missing_capabilities(caps: u64) -> Result<(), PreflightError> {
+    let has = |bit: u32| caps & (1 << bit) != 0;
+    let mut missing = Vec::new();
+    // CAP_SYS_ADMIN covers CAP_BPF on every kernel.
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(PreflightError::NotPrivileged { missing: missing.join(", ") })
+    }
+}
+
+/// Names of the network interfaces in this namespace, sorted.
+pub fn interfaces() -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir("/sys/class/net")
+        .map(|dir| dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Fails with the list of real interfaces when `name` is not one of them.
+pub fn check_interface(name: &str) -> Result<(), PreflightError> {
+    if Path::new("/sys/class/net").join(name).exists() && !name.contains('/') && !name.is_empty() {
+        Ok(())
+    } else {
+        Err(PreflightError::UnknownInterface { name: name.into(), available: interfaces() })
+    }
+}
+
+/// The interface of the default route (IPv4 first, then IPv6).
+pub fn default_route_interface() -> Result<String, PreflightError> {
+    let v4 = fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let v6 = fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    default_route_from(&v4, &v6).ok_or_else(|| PreflightError::NoDefaultRoute { available: interfaces() })
+}
+
+/// Picks the default route's interface from the text of /proc/net/route and /proc/net/ipv6_route.
+pub fn default_route_from(route: &str, ipv6_route: &str) -> Option<String> {
+    const RTF_UP: u32 = 1;
+    let v4 = route.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+        (f.get(1) == Some(&"00000000") && f.get(7) == Some(&"00000000") && flags & RTF_UP != 0)
+            .then(|| f[0].to_string())
+    });
+    v4.or_else(|| {
+        ipv6_route.lines().find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let zero = "0".repeat(32);
+            (f.len() == 10 && f[0] == zero && f[1] == "00" && f[9] != "lo").then(|| f[9].to_string())
+        })
+    })
+}
+
+/// The index of an interface, or 0 when it does not exist.
+pub fn ifindex(name: &str) -> u32 {
+    read(&format!("/sys/class/net/{name}/ifindex"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_name_what_is_missing() {
+        assert!(missing_capabilities(1 << CAP_BPF | 1 << CAP_NET_ADMIN).is_ok());
+        assert!(missing_capabilities(1 << CAP_SYS_ADMIN | 1 << CAP_NET_ADMIN).is_ok());
+        let e = missing_capabilities(1 << CAP_BPF).unwrap_err().to_string();
+        assert!(e.contains("missing: CAP_NET_ADMIN") && e.contains("sudo"), "{e}");
+        let e = missing_capabilities(0).unwrap_err().to_string();
+        assert!(e.contains("CAP_BPF, CAP_NET_ADMIN"), "{e}");
+    }
+
+    #[test]
+    fn default_route_is_found_in_proc_text() {
+        let route = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     eth0\t0002A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                     eth1\t00000000\t0102A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert_eq!(default_route_from(route, "").as_deref(), Some("eth1"));
+        let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003     wlan0\n";
+        assert_eq!(default_route_from("", v6).as_deref(), Some("wlan0"));
+        assert_eq!(default_route_from("Iface\n", ""), None);
+    }
+
+    #[test]
+    fn unknown_interface_lists_the_real_ones() {
+        let e = check_interface("no-such-if0").unwrap_err().to_string();
+        assert!(e.contains("no-such-if0") && e.contains("lo"), "{e}");
+        assert!(check_interface("lo").is_ok());
+        assert!(check_interface("../lo").is_err());
+    }
+}
