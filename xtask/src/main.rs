@@ -1,1 +1,63 @@
-fn main() {}
+//! Project tasks for observer: `cargo xtask setup | build | run | test | bench`.
+mod cmd;
+mod setup;
+mod tasks;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Set-up, build, run, test and bench tasks for observer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Check the build and test prerequisites and install what is missing.
+    Setup,
+    /// Set up, then build observer (debug profile unless --release).
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build observer (release) and run it as root, through `sudo -E` when needed.
+    Run {
+        /// Arguments for observer (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Set up, then run the workspace tests, clippy (-D warnings) and the rustfmt check.
+    Test,
+    /// Set up, then run the tests crate's bench binary (release).
+    Bench {
+        /// Arguments for the bench binary (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Setup => setup::setup(),
+        Task::Build { release } => tasks::build(release),
+        Task::Run { args } => tasks::run(&args),
+        Task::Test => tasks::test(),
+        Task::Bench { args } => tasks::bench(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
