@@ -39,7 +39,9 @@ const _: () = assert!(core::mem::size_of::<Config>() == 152);
 #[inline(always)]
 pub fn mapped(addr: &[u8; 16], ip_version: u8) -> [u8; 16] {
     if ip_version == 4 {
-        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3]]
+        [
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, addr[0], addr[1], addr[2], addr[3],
+        ]
     } else {
         *addr
     }

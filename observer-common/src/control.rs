@@ -95,19 +95,32 @@ impl FlowKey {
 /// `from_lo` says the segment's source is the lower endpoint; `state` is the flow's entry, if any.
 #[inline(always)]
 pub fn decide(r: &TcpRecord, from_lo: bool, state: Option<ControlState>) -> Decision {
-    let (mine, theirs) = if from_lo { (PENDING_LO, PENDING_HI) } else { (PENDING_HI, PENDING_LO) };
+    let (mine, theirs) = if from_lo {
+        (PENDING_LO, PENDING_HI)
+    } else {
+        (PENDING_HI, PENDING_LO)
+    };
     let flags = r.flags;
     if flags & TCP_RST != 0 {
-        return Decision { emit: true, update: Update::Delete };
+        return Decision {
+            emit: true,
+            update: Update::Delete,
+        };
     }
     if flags & TCP_SYN != 0 {
         if flags & TCP_ACK == 0 {
             // A new connection attempt: forget anything left from an earlier one on these ports.
-            return Decision { emit: true, update: Update::Delete };
+            return Decision {
+                emit: true,
+                update: Update::Delete,
+            };
         }
         let mut s = ControlState::default();
         s.set_expect(theirs, r.seq.wrapping_add(1));
-        return Decision { emit: true, update: Update::Store(s) };
+        return Decision {
+            emit: true,
+            update: Update::Store(s),
+        };
     }
     let mut s = state.unwrap_or_default();
     let answers = flags & TCP_ACK != 0 && s.pending & mine != 0 && s.expect(mine) == r.ack;
@@ -117,19 +130,33 @@ pub fn decide(r: &TcpRecord, from_lo: bool, state: Option<ControlState>) -> Deci
     if flags & TCP_FIN != 0 {
         let fin_end = r.seq.wrapping_add(r.payload_len as u32).wrapping_add(1);
         s.set_expect(theirs, fin_end);
-        return Decision { emit: true, update: Update::Store(s) };
+        return Decision {
+            emit: true,
+            update: Update::Store(s),
+        };
     }
     if !answers {
-        return Decision { emit: false, update: Update::Keep };
+        return Decision {
+            emit: false,
+            update: Update::Keep,
+        };
     }
-    let update = if s.pending == 0 { Update::Delete } else { Update::Store(s) };
+    let update = if s.pending == 0 {
+        Update::Delete
+    } else {
+        Update::Store(s)
+    };
     Decision { emit: true, update }
 }
 
 impl ControlState {
     #[inline(always)]
     fn expect(&self, side: u8) -> u32 {
-        if side == PENDING_LO { self.expect_from_lo } else { self.expect_from_hi }
+        if side == PENDING_LO {
+            self.expect_from_lo
+        } else {
+            self.expect_from_hi
+        }
     }
 
     #[inline(always)]
@@ -155,18 +182,24 @@ mod tests {
     use super::*;
 
     fn seg(from_client: bool, flags: u8, seq: u32, ack: u32, len: u16) -> TcpRecord {
-        let mut r = TcpRecord::default();
-        r.ip_version = 4;
         let (c, s) = ([10, 0, 0, 1], [10, 0, 0, 2]);
-        let (a, b, pa, pb) = if from_client { (c, s, 40000, 22) } else { (s, c, 22, 40000) };
+        let (a, b, sport, dport) = if from_client {
+            (c, s, 40000, 22)
+        } else {
+            (s, c, 22, 40000)
+        };
+        let mut r = TcpRecord {
+            ip_version: 4,
+            sport,
+            dport,
+            flags,
+            seq,
+            ack,
+            payload_len: len,
+            ..Default::default()
+        };
         r.saddr[..4].copy_from_slice(&a);
         r.daddr[..4].copy_from_slice(&b);
-        r.sport = pa;
-        r.dport = pb;
-        r.flags = flags;
-        r.seq = seq;
-        r.ack = ack;
-        r.payload_len = len;
         r
     }
 
@@ -193,15 +226,15 @@ mod tests {
         let conv = [
             seg(true, TCP_SYN, 100, 0, 0),
             seg(false, TCP_SYN | a, 500, 101, 0),
-            seg(true, a, 101, 501, 0),             // completes the handshake
-            seg(true, a | 0x08, 101, 501, 10),     // data
-            seg(false, a, 501, 111, 0),            // ack of data
-            seg(true, TCP_FIN | a, 111, 501, 0),   // client closes
-            seg(false, a, 501, 112, 0),            // answers the FIN
-            seg(false, a | 0x08, 501, 112, 5),     // half-close data from the server
-            seg(true, a, 112, 506, 0),             // ack of that data: not a FIN answer
-            seg(false, TCP_FIN | a, 506, 112, 0),  // server closes
-            seg(true, a, 112, 507, 0),             // answers the FIN
+            seg(true, a, 101, 501, 0),            // completes the handshake
+            seg(true, a | 0x08, 101, 501, 10),    // data
+            seg(false, a, 501, 111, 0),           // ack of data
+            seg(true, TCP_FIN | a, 111, 501, 0),  // client closes
+            seg(false, a, 501, 112, 0),           // answers the FIN
+            seg(false, a | 0x08, 501, 112, 5),    // half-close data from the server
+            seg(true, a, 112, 506, 0),            // ack of that data: not a FIN answer
+            seg(false, TCP_FIN | a, 506, 112, 0), // server closes
+            seg(true, a, 112, 507, 0),            // answers the FIN
         ];
         let (emitted, left) = run(&conv);
         assert_eq!(
@@ -227,7 +260,11 @@ mod tests {
     #[test]
     fn rst_and_new_syn_forget_the_flow() {
         let a = TCP_ACK;
-        let (emitted, left) = run(&[seg(false, TCP_SYN | a, 9, 1, 0), seg(true, TCP_RST, 1, 0, 0), seg(true, a, 1, 10, 0)]);
+        let (emitted, left) = run(&[
+            seg(false, TCP_SYN | a, 9, 1, 0),
+            seg(true, TCP_RST, 1, 0, 0),
+            seg(true, a, 1, 10, 0),
+        ]);
         assert_eq!(emitted, [true, true, false]);
         assert_eq!(left, None);
     }

@@ -11,10 +11,9 @@
 use crate::{
     counter::Counter,
     record::{
-        ArpRecord, KIND_ARP, KIND_TCP, MAX_OPTION_KINDS, MAX_SACK_BLOCKS, MAX_VLAN_TAGS, OPT_MSS,
-        OPT_SACK, OPT_SACK_PERM, OPT_TIMESTAMP, OPT_UNKNOWN, OPT_WSCALE, OPTKIND_EOL, OPTKIND_MSS,
-        OPTKIND_NOP, OPTKIND_SACK, OPTKIND_SACK_PERM, OPTKIND_TIMESTAMP, OPTKIND_WSCALE, RecordHeader,
-        TcpRecord,
+        ArpRecord, KIND_ARP, KIND_TCP, MAX_OPTION_KINDS, MAX_SACK_BLOCKS, MAX_VLAN_TAGS, OPT_MSS, OPT_SACK,
+        OPT_SACK_PERM, OPT_TIMESTAMP, OPT_UNKNOWN, OPT_WSCALE, OPTKIND_EOL, OPTKIND_MSS, OPTKIND_NOP, OPTKIND_SACK,
+        OPTKIND_SACK_PERM, OPTKIND_TIMESTAMP, OPTKIND_WSCALE, RecordHeader, TcpRecord,
     },
 };
 
@@ -204,7 +203,10 @@ fn parse_ipv4<F: Frame + ?Sized>(f: &F, off: usize, rec: &mut TcpRecord) -> Resu
     rec.ip_version = 4;
     rec.saddr[..4].copy_from_slice(&h[12..16]);
     rec.daddr[..4].copy_from_slice(&h[16..20]);
-    Ok(Segment { offset: off + ihl, len: total - ihl })
+    Ok(Segment {
+        offset: off + ihl,
+        len: total - ihl,
+    })
 }
 
 #[inline(always)]
@@ -231,6 +233,10 @@ fn parse_ipv6<F: Frame + ?Sized>(f: &F, off: usize, rec: &mut TcpRecord) -> Resu
                 (e[1] as usize + 1) * 8
             }
             44 => {
+                // The offset is only believed once the whole header lies inside the IP payload.
+                if left < 8 {
+                    return Err(Counter::Truncated);
+                }
                 let e: [u8; 8] = f.load(cur).ok_or(Counter::Truncated)?;
                 if be16(&e, 2) >> 3 != 0 {
                     return Err(Counter::NonFirstFragment);
@@ -308,7 +314,8 @@ pub fn parse_tcp<F: Frame + ?Sized>(f: &F, link: &Link, rec: &mut TcpRecord) -> 
     if opt_len > MAX_OPTIONS_LEN {
         return Err(Counter::BadDataOffset);
     }
-    f.load_options(seg.offset + 20, &mut buf, opt_len).ok_or(Counter::Truncated)?;
+    f.load_options(seg.offset + 20, &mut buf, opt_len)
+        .ok_or(Counter::Truncated)?;
     parse_options(&buf, opt_len, rec)
 }
 
@@ -366,7 +373,7 @@ pub fn parse_options(buf: &OptionBuf, opt_len: usize, rec: &mut TcpRecord) -> Re
                 rec.options |= OPT_TIMESTAMP;
             }
             OPTKIND_SACK => {
-                if len < 10 || (len - 2) % 8 != 0 {
+                if len < 10 || !(len - 2).is_multiple_of(8) {
                     return Err(Counter::BadOptionLength);
                 }
                 let blocks = (len - 2) / 8;

@@ -207,12 +207,20 @@ const _: () = assert!(KIND_OFFSET == 28);
 impl TcpRecord {
     /// The source address as the IP version's bytes (4 or 16).
     pub fn src_bytes(&self) -> &[u8] {
-        if self.ip_version == 4 { &self.saddr[..4] } else { &self.saddr }
+        if self.ip_version == 4 {
+            &self.saddr[..4]
+        } else {
+            &self.saddr
+        }
     }
 
     /// The destination address as the IP version's bytes (4 or 16).
     pub fn dst_bytes(&self) -> &[u8] {
-        if self.ip_version == 4 { &self.daddr[..4] } else { &self.daddr }
+        if self.ip_version == 4 {
+            &self.daddr[..4]
+        } else {
+            &self.daddr
+        }
     }
 
     /// The valid SACK blocks.

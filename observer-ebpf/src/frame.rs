@@ -37,8 +37,14 @@ impl Frame for TcFrame<'_> {
             return None;
         }
         // SAFETY: buf holds more than MAX_OPTIONS_LEN >= len bytes; the helper checks the skb side.
-        let ret =
-            unsafe { bpf_skb_load_bytes(self.0.skb.skb.cast(), offset as u32, buf.as_mut_ptr().cast(), len as u32) };
+        let ret = unsafe {
+            bpf_skb_load_bytes(
+                self.0.skb.skb.cast(),
+                offset as u32,
+                buf.as_mut_ptr().cast(),
+                len as u32,
+            )
+        };
         (ret == 0).then_some(())
     }
 

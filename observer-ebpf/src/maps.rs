@@ -25,8 +25,7 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 /// Flows in handshake or teardown, for control-only mode.
 #[map]
-pub static CONTROL_FLOWS: LruHashMap<FlowKey, ControlState> =
-    LruHashMap::with_max_entries(CONTROL_FLOWS_CAPACITY, 0);
+pub static CONTROL_FLOWS: LruHashMap<FlowKey, ControlState> = LruHashMap::with_max_entries(CONTROL_FLOWS_CAPACITY, 0);
 
 /// Per-CPU scratch for the TCP record being built: it does not fit the 512-byte BPF stack beside the parser.
 #[map]

@@ -67,7 +67,9 @@ pub enum XdpMode {
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     /// The object was built without its programs (AYA_BUILD_SKIP).
-    #[error("this observer binary was built without its eBPF programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`")]
+    #[error(
+        "this observer binary was built without its eBPF programs (AYA_BUILD_SKIP); rebuild with `cargo xtask build`"
+    )]
     NoObject,
     /// bpf(BPF_MAP_CREATE) or object loading failed.
     #[error("loading the eBPF object failed: {0}{hint}", hint = load_hint(.0))]
@@ -165,15 +167,23 @@ impl Capture {
             .override_global(aya_log::LEVEL, &level, true)
             .load(OBJECT)
             .map_err(CaptureError::Load)?;
-        let mut capture = Capture { ebpf, attached: Vec::new() };
+        let mut capture = Capture {
+            ebpf,
+            attached: Vec::new(),
+        };
         capture.set_config(config)?;
         Ok(capture)
     }
 
     /// Replaces the configuration the programs read.
     pub fn set_config(&mut self, config: &Config) -> Result<(), CaptureError> {
-        let map = |source| CaptureError::Map { map: CONFIG_MAP, source };
-        let raw = self.ebpf.map_mut(CONFIG_MAP).ok_or(map(MapError::InvalidName { name: CONFIG_MAP.into() }))?;
+        let map = |source| CaptureError::Map {
+            map: CONFIG_MAP,
+            source,
+        };
+        let raw = self.ebpf.map_mut(CONFIG_MAP).ok_or(map(MapError::InvalidName {
+            name: CONFIG_MAP.into(),
+        }))?;
         let mut array: Array<_, Config> = Array::try_from(raw).map_err(map)?;
         array.set(0, config, 0).map_err(map)
     }
@@ -227,22 +237,21 @@ impl Capture {
                     TcAttach::Auto if tcx_ok => None,
                     TcAttach::Auto | TcAttach::Netlink => Some(self.prepare_clsact(iface)?),
                 };
-                for (name, kind) in
-                    [(program::TC_INGRESS, TcAttachType::Ingress), (program::TC_EGRESS, TcAttachType::Egress)]
-                {
+                for (name, kind) in [
+                    (program::TC_INGRESS, TcAttachType::Ingress),
+                    (program::TC_EGRESS, TcAttachType::Egress),
+                ] {
                     let prog = self.classifier(name)?;
-                    let attach_error = |source| CaptureError::Attach { program: name, iface: iface.into(), source };
+                    let attach_error = |source| CaptureError::Attach {
+                        program: name,
+                        iface: iface.into(),
+                        source,
+                    };
                     match options {
-                        None => prog.attach_with_options(
-                            iface,
-                            kind,
-                            TcAttachOptions::TcxOrder(LinkOrder::default()),
-                        ),
-                        Some(()) => prog.attach_with_options(
-                            iface,
-                            kind,
-                            TcAttachOptions::Netlink(NlOptions::default()),
-                        ),
+                        None => prog.attach_with_options(iface, kind, TcAttachOptions::TcxOrder(LinkOrder::default())),
+                        Some(()) => {
+                            prog.attach_with_options(iface, kind, TcAttachOptions::Netlink(NlOptions::default()))
+                        }
                     }
                     .map_err(attach_error)?;
                     self.attached.push(name);
@@ -256,7 +265,11 @@ impl Capture {
                 let name = program::XDP_INGRESS;
                 self.xdp()?
                     .attach(iface, flags)
-                    .map_err(|source| CaptureError::Attach { program: name, iface: iface.into(), source })?;
+                    .map_err(|source| CaptureError::Attach {
+                        program: name,
+                        iface: iface.into(),
+                        source,
+                    })?;
                 self.attached.push(name);
             }
         }
@@ -267,11 +280,19 @@ impl Capture {
     fn prepare_clsact(&mut self, iface: &str) -> Result<(), CaptureError> {
         if let Err(source) = tc::qdisc_add_clsact(iface) {
             // "Exclusivity flag on": the qdisc exists already, which is what we want.
-            if !source.to_string().contains("xclusivity") && !matches!(&source, tc::TcError::IoError(e) if e.kind() == io::ErrorKind::AlreadyExists) {
-                return Err(CaptureError::Qdisc { iface: iface.into(), source });
+            if !source.to_string().contains("xclusivity")
+                && !matches!(&source, tc::TcError::IoError(e) if e.kind() == io::ErrorKind::AlreadyExists)
+            {
+                return Err(CaptureError::Qdisc {
+                    iface: iface.into(),
+                    source,
+                });
             }
         }
-        for (name, kind) in [(program::TC_INGRESS, TcAttachType::Ingress), (program::TC_EGRESS, TcAttachType::Egress)] {
+        for (name, kind) in [
+            (program::TC_INGRESS, TcAttachType::Ingress),
+            (program::TC_EGRESS, TcAttachType::Egress),
+        ] {
             // Nothing to remove is the usual case.
             let _ = tc::qdisc_detach_program(iface, kind, name);
         }
@@ -285,22 +306,55 @@ impl Capture {
 
     /// Takes the ring buffer all records arrive in (once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
-        let map = |source| CaptureError::Map { map: EVENTS_MAP, source };
-        let raw = self.ebpf.take_map(EVENTS_MAP).ok_or(map(MapError::InvalidName { name: EVENTS_MAP.into() }))?;
+        let map = |source| CaptureError::Map {
+            map: EVENTS_MAP,
+            source,
+        };
+        let raw = self.ebpf.take_map(EVENTS_MAP).ok_or(map(MapError::InvalidName {
+            name: EVENTS_MAP.into(),
+        }))?;
         RingBuf::try_from(raw).map_err(map)
     }
 
     /// Reads every counter, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, CaptureError> {
-        let map = |source| CaptureError::Map { map: COUNTERS_MAP, source };
-        let raw = self.ebpf.map(COUNTERS_MAP).ok_or(map(MapError::InvalidName { name: COUNTERS_MAP.into() }))?;
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(raw).map_err(map)?;
-        let mut values = [0u64; COUNTER_COUNT as usize];
-        for (i, v) in values.iter_mut().enumerate() {
-            *v = array.get(&(i as u32), 0).map_err(map)?.iter().sum();
-        }
-        Ok(Counters(values))
+        let raw = self
+            .ebpf
+            .map(COUNTERS_MAP)
+            .ok_or(counters_error(MapError::InvalidName {
+                name: COUNTERS_MAP.into(),
+            }))?;
+        read_counters(PerCpuArray::try_from(raw).map_err(counters_error)?)
     }
+
+    /// Detaches and unloads every program, then reads the final counters.
+    pub fn detach(mut self) -> Result<Counters, CaptureError> {
+        let raw = self
+            .ebpf
+            .take_map(COUNTERS_MAP)
+            .ok_or(counters_error(MapError::InvalidName {
+                name: COUNTERS_MAP.into(),
+            }))?;
+        let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(raw).map_err(counters_error)?;
+        // Dropping the object detaches its links (TCX, XDP and netlink filters alike).
+        drop(self.ebpf);
+        read_counters(counters)
+    }
+}
+
+fn counters_error(source: MapError) -> CaptureError {
+    CaptureError::Map {
+        map: COUNTERS_MAP,
+        source,
+    }
+}
+
+fn read_counters<T: std::borrow::Borrow<MapData>>(array: PerCpuArray<T, u64>) -> Result<Counters, CaptureError> {
+    let mut values = [0u64; COUNTER_COUNT as usize];
+    for (i, v) in values.iter_mut().enumerate() {
+        *v = array.get(&(i as u32), 0).map_err(counters_error)?.iter().sum();
+    }
+    Ok(Counters(values))
 }
 
 fn verifier_error(program: &'static str, e: ProgramError) -> CaptureError {
@@ -336,6 +390,10 @@ impl Counters {
 
     /// Sum of the malformed classes.
     pub fn malformed(&self) -> u64 {
-        Counter::ALL.iter().filter(|c| c.is_malformed()).map(|c| self.get(*c)).sum()
+        Counter::ALL
+            .iter()
+            .filter(|c| c.is_malformed())
+            .map(|c| self.get(*c))
+            .sum()
     }
 }

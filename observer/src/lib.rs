@@ -1,1 +1,10 @@
-//! observer agent library.
+//! observer's agent: loads the kernel programs, reads their records, and renders what the wire and the
+//! kernel's sockets do.
+
+pub mod capture;
+pub mod cli;
+pub mod events;
+pub mod flows;
+pub mod preflight;
+pub mod render;
+pub mod watch;

@@ -1,1 +1,45 @@
-fn main() {}
+//! The `observer` command.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use observer::{
+    cli::{Cli, Command},
+    watch,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ebpf_log = match &cli.command {
+        None => cli.watch.ebpf_log,
+        Some(Command::Watch(args)) => args.ebpf_log,
+    };
+    // The kernel programs' aya-log records arrive through the `log` crate.
+    env_logger::Builder::new()
+        .filter_level(if ebpf_log {
+            log::LevelFilter::Debug
+        } else {
+            log::LevelFilter::Warn
+        })
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&anyhow::Error::from(e).context("starting the tokio runtime")),
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            None => watch::run(&cli.watch).await,
+            Some(Command::Watch(args)) => watch::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints the error chain on one line; no backtrace.
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("observer: error: {e:#}");
+    ExitCode::FAILURE
+}

@@ -42,7 +42,10 @@ pub enum PreflightError {
 }
 
 fn read(path: &str) -> Result<String, PreflightError> {
-    fs::read_to_string(path).map_err(|source| PreflightError::Read { path: path.into(), source })
+    fs::read_to_string(path).map_err(|source| PreflightError::Read {
+        path: path.into(),
+        source,
+    })
 }
 
 /// The effective capability set of this process, from /proc/self/status.
@@ -75,7 +78,9 @@ pub fn missing_capabilities(caps: u64) -> Result<(), PreflightError> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(PreflightError::NotPrivileged { missing: missing.join(", ") })
+        Err(PreflightError::NotPrivileged {
+            missing: missing.join(", "),
+        })
     }
 }
 
@@ -93,7 +98,10 @@ pub fn check_interface(name: &str) -> Result<(), PreflightError> {
     if Path::new("/sys/class/net").join(name).exists() && !name.contains('/') && !name.is_empty() {
         Ok(())
     } else {
-        Err(PreflightError::UnknownInterface { name: name.into(), available: interfaces() })
+        Err(PreflightError::UnknownInterface {
+            name: name.into(),
+            available: interfaces(),
+        })
     }
 }
 
@@ -101,7 +109,9 @@ pub fn check_interface(name: &str) -> Result<(), PreflightError> {
 pub fn default_route_interface() -> Result<String, PreflightError> {
     let v4 = fs::read_to_string("/proc/net/route").unwrap_or_default();
     let v6 = fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
-    default_route_from(&v4, &v6).ok_or_else(|| PreflightError::NoDefaultRoute { available: interfaces() })
+    default_route_from(&v4, &v6).ok_or_else(|| PreflightError::NoDefaultRoute {
+        available: interfaces(),
+    })
 }
 
 /// Picks the default route's interface from the text of /proc/net/route and /proc/net/ipv6_route.

@@ -1,0 +1,149 @@
+//! Command-line interface.
+
+use std::net::IpAddr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use observer_common::config::{MAX_HOSTS, MAX_PORTS};
+
+use crate::capture::{TcAttach, XdpMode};
+
+/// observer: every TCP handshake, segment and teardown and every ARP packet of an interface, printed as
+/// Wireshark prints them.
+#[derive(Debug, Parser)]
+#[command(name = "observer", version, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do (default: watch).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `watch` when no subcommand is given.
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the interface's TCP segments and ARP packets live (the default).
+    Watch(WatchArgs),
+}
+
+/// Which kernel hook captures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HookKind {
+    /// TC classifiers on ingress and egress.
+    Tc,
+    /// XDP on ingress only.
+    Xdp,
+}
+
+/// Options of `observer watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Interface to watch (default: the interface of the default route).
+    #[arg(long, short = 'i')]
+    pub iface: Option<String>,
+    /// Kernel hook: tc sees both directions, xdp only what arrives.
+    #[arg(long, value_enum, default_value_t = HookKind::Tc)]
+    pub hook: HookKind,
+    /// XDP attach mode (with --hook xdp).
+    #[arg(long, value_enum, default_value_t = XdpMode::Generic)]
+    pub xdp_mode: XdpMode,
+    /// TC attach method (with --hook tc).
+    #[arg(long, value_enum, default_value_t = TcAttach::Auto)]
+    pub tc_attach: TcAttach,
+    /// Only TCP segments to or from this port (repeat for more, up to 8).
+    #[arg(long = "port", short = 'p', value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Only packets to or from this address (repeat for more, up to 8).
+    #[arg(long = "host", value_name = "ADDR")]
+    pub hosts: Vec<IpAddr>,
+    /// Busy links: only SYN, FIN, RST, the ACK completing a handshake, the ACK answering a FIN, and ARP.
+    #[arg(long)]
+    pub control_only: bool,
+    /// One JSON object a line instead of text (schema in the README).
+    #[arg(long)]
+    pub json: bool,
+    /// Print the kernel programs' aya-log diagnostics to stderr (costly: a log record per packet).
+    #[arg(long)]
+    pub ebpf_log: bool,
+    /// Stop after this many events.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+}
+
+/// A command line that parses but cannot be honoured.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// Too many --port.
+    #[error("at most {MAX_PORTS} --port values are supported, got {0}")]
+    TooManyPorts(usize),
+    /// Too many --host.
+    #[error("at most {MAX_HOSTS} --host values are supported, got {0}")]
+    TooManyHosts(usize),
+}
+
+impl WatchArgs {
+    /// The kernel-side configuration these options ask for.
+    pub fn config(&self) -> Result<observer_common::Config, UsageError> {
+        let mut c = observer_common::Config::default();
+        if self.ports.len() > MAX_PORTS {
+            return Err(UsageError::TooManyPorts(self.ports.len()));
+        }
+        if self.hosts.len() > MAX_HOSTS {
+            return Err(UsageError::TooManyHosts(self.hosts.len()));
+        }
+        c.ports[..self.ports.len()].copy_from_slice(&self.ports);
+        c.port_count = self.ports.len() as u8;
+        for (slot, host) in c.hosts.iter_mut().zip(&self.hosts) {
+            *slot = match host {
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                IpAddr::V6(a) => a.octets(),
+            };
+        }
+        c.host_count = self.hosts.len() as u8;
+        c.mode = if self.control_only {
+            observer_common::config::MODE_CONTROL
+        } else {
+            observer_common::config::MODE_ALL
+        };
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_is_the_default_and_options_fill_the_config() {
+        let cli = Cli::parse_from([
+            "observer",
+            "-i",
+            "eth0",
+            "--port",
+            "22",
+            "--host",
+            "10.0.0.1",
+            "--control-only",
+        ]);
+        assert!(cli.command.is_none());
+        let c = cli.watch.config().unwrap();
+        assert_eq!((c.port_count, c.ports[0]), (1, 22));
+        assert_eq!(c.host_count, 1);
+        assert_eq!(c.hosts[0][10..], [0xff, 0xff, 10, 0, 0, 1]);
+        assert_eq!(c.mode, observer_common::config::MODE_CONTROL);
+        let cli = Cli::parse_from(["observer", "watch", "--hook", "xdp", "--json"]);
+        assert!(matches!(cli.command, Some(Command::Watch(ref w)) if w.hook == HookKind::Xdp && w.json));
+    }
+
+    #[test]
+    fn too_many_ports_is_a_usage_error() {
+        let args: Vec<String> = ["observer"]
+            .into_iter()
+            .map(String::from)
+            .chain((1..=9).flat_map(|p| ["--port".into(), p.to_string()]))
+            .collect();
+        let cli = Cli::parse_from(args);
+        assert!(cli.watch.config().unwrap_err().to_string().contains("at most 8"));
+    }
+}

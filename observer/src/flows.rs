@@ -1,0 +1,685 @@
+//! Per-connection state for Wireshark's relative sequence numbers and calculated window.
+//!
+//! The rules follow Wireshark's `packet-tcp.c` (`tcp_analyze_sequence_number`, `verify_tcp_window_scaling`,
+//! `dissect_tcpopt_wscale`, `dissect_tcpopt_sack`) and were checked against tshark 4.0's output:
+//! - The base (ISN) of a direction is the seq of its SYN, or seq − 1 of its first segment when no SYN was seen,
+//!   or ack − 1 of the first segment with ACK from the other direction, whichever comes first.
+//! - Relative numbers are absolute − base (wrapping); SACK edges are relative to the other direction's base.
+//! - A segment's window is scaled by the shift its *sender* announced, once known; SYN windows never are.
+//!   A SYN without WS turns scaling off for both directions, a SYN-ACK with WS after a SYN without it turns it
+//!   off for the SYN-ACK's sender. A shift above 14 counts as 14.
+//! - A SYN whose seq differs from its direction's base starts a new flow; a SYN-ACK whose seq differs only
+//!   rebases its sender's direction. Both are Wireshark's "Port numbers reused".
+
+use std::collections::{BTreeMap, HashMap};
+
+use observer_common::record::{MAX_SACK_BLOCKS, OPT_WSCALE, SackBlock, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpRecord};
+
+/// Default cap on tracked flows.
+pub const DEFAULT_MAX_FLOWS: usize = 65_536;
+/// Default time a flow is kept after both FINs or an RST and no segment since, in nanoseconds.
+pub const DEFAULT_CLOSE_LINGER_NS: u64 = 10_000_000_000;
+/// Largest window scale shift (RFC 7323); larger announced shifts count as this.
+pub const MAX_WINDOW_SHIFT: u8 = 14;
+
+/// How a segment's window field relates to the connection's real window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowScaling {
+    /// The handshake was not seen: the window is the raw field, scale unknown.
+    Unknown,
+    /// The window is not scaled: a SYN without WS was seen, or this segment is a SYN.
+    NoScaling,
+    /// The window is the raw field shifted left by this many bits.
+    Shift(u8),
+}
+
+/// Wireshark's view of one segment: relative numbers and calculated window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpAnalysis {
+    /// Sequence number relative to this direction's base.
+    pub seq: u32,
+    /// Acknowledgement number relative to the other direction's base; `None` when ACK is clear.
+    pub ack: Option<u32>,
+    /// Calculated window: the raw window shifted by the sender's scale when known.
+    pub window: u32,
+    /// How `window` was obtained.
+    pub scaling: WindowScaling,
+    /// SACK blocks with relative edges; `sack_count` of them are valid.
+    pub sack: [SackBlock; MAX_SACK_BLOCKS],
+    /// Number of valid entries in `sack`.
+    pub sack_count: usize,
+    /// A SYN or SYN-ACK with a new ISN on a tracked tuple (Wireshark's "Port numbers reused").
+    pub port_reused: bool,
+}
+
+impl TcpAnalysis {
+    /// The valid relative SACK blocks.
+    pub fn sack_blocks(&self) -> &[SackBlock] {
+        &self.sack[..self.sack_count]
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FlowKey {
+    ip_version: u8,
+    lo_addr: [u8; 16],
+    lo_port: u16,
+    hi_addr: [u8; 16],
+    hi_port: u16,
+}
+
+/// Returns the canonical key and which side (0: the lower endpoint) sent the segment.
+fn key_of(rec: &TcpRecord) -> (FlowKey, usize) {
+    let (saddr, daddr) = if rec.ip_version == 4 {
+        (v4_only(&rec.saddr), v4_only(&rec.daddr))
+    } else {
+        (rec.saddr, rec.daddr)
+    };
+    let src = (saddr, rec.sport);
+    let dst = (daddr, rec.dport);
+    let (lo, hi, side) = if src <= dst { (src, dst, 0) } else { (dst, src, 1) };
+    let key = FlowKey {
+        ip_version: rec.ip_version,
+        lo_addr: lo.0,
+        lo_port: lo.1,
+        hi_addr: hi.0,
+        hi_port: hi.1,
+    };
+    (key, side)
+}
+
+fn v4_only(addr: &[u8; 16]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&addr[..4]);
+    out
+}
+
+/// Wireshark's `win_scale`: -1 unknown, -2 no scaling, else the shift.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scale {
+    Unknown,
+    Off,
+    Shift(u8),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Side {
+    base: Option<u32>,
+    scale: Scale,
+    fin: bool,
+}
+
+impl Default for Side {
+    fn default() -> Self {
+        Side {
+            base: None,
+            scale: Scale::Unknown,
+            fin: false,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Flow {
+    sides: [Side; 2],
+    last_seen_ns: u64,
+    closed: bool,
+    tick: u64,
+}
+
+impl Flow {
+    fn new(now_ns: u64, tick: u64) -> Self {
+        Flow {
+            sides: [Side::default(); 2],
+            last_seen_ns: now_ns,
+            closed: false,
+            tick,
+        }
+    }
+
+    fn expired(&self, now_ns: u64, linger_ns: u64) -> bool {
+        self.closed && now_ns.saturating_sub(self.last_seen_ns) >= linger_ns
+    }
+}
+
+/// Tracks TCP flows, bounded by a flow cap (least recently seen evicted) and by forgetting closed flows.
+#[derive(Debug)]
+pub struct FlowTable {
+    flows: HashMap<FlowKey, Flow>,
+    order: BTreeMap<u64, FlowKey>,
+    next_tick: u64,
+    max_flows: usize,
+    close_linger_ns: u64,
+    last_sweep_ns: u64,
+    evicted: u64,
+    expired: u64,
+}
+
+impl Default for FlowTable {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_FLOWS)
+    }
+}
+
+impl FlowTable {
+    /// A table holding at most `max_flows` flows (at least one).
+    pub fn new(max_flows: usize) -> Self {
+        FlowTable {
+            flows: HashMap::new(),
+            order: BTreeMap::new(),
+            next_tick: 0,
+            max_flows: max_flows.max(1),
+            close_linger_ns: DEFAULT_CLOSE_LINGER_NS,
+            last_sweep_ns: 0,
+            evicted: 0,
+            expired: 0,
+        }
+    }
+
+    /// Sets how long a flow is kept after both FINs or an RST and no segment since.
+    pub fn with_close_linger_ns(mut self, linger_ns: u64) -> Self {
+        self.close_linger_ns = linger_ns;
+        self
+    }
+
+    /// Number of flows tracked now.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Whether no flow is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Flows dropped because the cap was reached.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Closed flows forgotten after their linger time.
+    pub fn expired(&self) -> u64 {
+        self.expired
+    }
+
+    /// Forgets every closed flow whose linger time has passed at `now_ns` (boot-time ns); returns how many.
+    ///
+    /// [`FlowTable::observe`] runs this once per linger period and otherwise only checks the least recently
+    /// seen flows.
+    pub fn expire(&mut self, now_ns: u64) -> usize {
+        let linger = self.close_linger_ns;
+        let gone: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.expired(now_ns, linger))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in &gone {
+            self.remove(key);
+        }
+        self.expired += gone.len() as u64;
+        gone.len()
+    }
+
+    /// Updates the segment's flow and returns its relative numbers and calculated window.
+    pub fn observe(&mut self, rec: &TcpRecord) -> TcpAnalysis {
+        let now = rec.header.ts_ns;
+        let (key, fwd) = key_of(rec);
+        let rev = 1 - fwd;
+        let syn = rec.flags & TCP_SYN != 0;
+        let has_ack = rec.flags & TCP_ACK != 0;
+
+        if now.saturating_sub(self.last_sweep_ns) >= self.close_linger_ns {
+            self.expire(now);
+            self.last_sweep_ns = now;
+        } else {
+            self.sweep_front(now);
+        }
+        let mut port_reused = false;
+        let mut existing = self.flows.get(&key).copied();
+        if existing.is_some_and(|f| f.expired(now, self.close_linger_ns)) {
+            self.remove(&key);
+            self.expired += 1;
+            existing = None;
+        }
+        let tick = self.bump_tick();
+        let reused = existing.is_some_and(|f| syn && f.sides[fwd].base.is_some_and(|b| b != rec.seq));
+        let mut flow = match existing {
+            Some(f) if reused && !has_ack => {
+                port_reused = true;
+                self.order.remove(&f.tick);
+                Flow::new(now, tick)
+            }
+            Some(mut f) if reused => {
+                port_reused = true;
+                self.order.remove(&f.tick);
+                f.sides[fwd].base = Some(rec.seq);
+                f.sides[0].fin = false;
+                f.sides[1].fin = false;
+                f.closed = false;
+                f
+            }
+            Some(f) => {
+                self.order.remove(&f.tick);
+                f
+            }
+            None => {
+                self.make_room();
+                Flow::new(now, tick)
+            }
+        };
+        flow.tick = tick;
+        flow.last_seen_ns = now;
+
+        if flow.sides[fwd].base.is_none() {
+            flow.sides[fwd].base = Some(if syn { rec.seq } else { rec.seq.wrapping_sub(1) });
+        }
+        if has_ack && flow.sides[rev].base.is_none() {
+            flow.sides[rev].base = Some(rec.ack.wrapping_sub(1));
+        }
+        let fwd_base = flow.sides[fwd].base.unwrap_or(0);
+        let rev_base = flow.sides[rev].base.unwrap_or(0);
+
+        let raw = u32::from(rec.window);
+        let (window, scaling) = if syn {
+            (raw, WindowScaling::NoScaling)
+        } else {
+            match flow.sides[fwd].scale {
+                Scale::Shift(s) => (raw << s, WindowScaling::Shift(s)),
+                Scale::Off => (raw, WindowScaling::NoScaling),
+                Scale::Unknown => (raw, WindowScaling::Unknown),
+            }
+        };
+
+        if rec.options & OPT_WSCALE != 0 {
+            flow.sides[fwd].scale = Scale::Shift(rec.wscale.min(MAX_WINDOW_SHIFT));
+        }
+        if syn {
+            if flow.sides[fwd].scale == Scale::Unknown {
+                flow.sides[fwd].scale = Scale::Off;
+                flow.sides[rev].scale = Scale::Off;
+            } else if has_ack && flow.sides[rev].scale == Scale::Off {
+                flow.sides[fwd].scale = Scale::Off;
+            }
+        }
+
+        let mut sack = [SackBlock::default(); MAX_SACK_BLOCKS];
+        let blocks = rec.sack_blocks();
+        for (out, b) in sack.iter_mut().zip(blocks) {
+            *out = SackBlock {
+                left: b.left.wrapping_sub(rev_base),
+                right: b.right.wrapping_sub(rev_base),
+            };
+        }
+
+        if rec.flags & TCP_FIN != 0 {
+            flow.sides[fwd].fin = true;
+        }
+        if rec.flags & TCP_RST != 0 || (flow.sides[0].fin && flow.sides[1].fin) {
+            flow.closed = true;
+        }
+
+        self.flows.insert(key, flow);
+        self.order.insert(tick, key);
+
+        TcpAnalysis {
+            seq: rec.seq.wrapping_sub(fwd_base),
+            ack: has_ack.then(|| rec.ack.wrapping_sub(rev_base)),
+            window,
+            scaling,
+            sack,
+            sack_count: blocks.len(),
+            port_reused,
+        }
+    }
+
+    fn bump_tick(&mut self) -> u64 {
+        let t = self.next_tick;
+        self.next_tick += 1;
+        t
+    }
+
+    fn remove(&mut self, key: &FlowKey) {
+        if let Some(f) = self.flows.remove(key) {
+            self.order.remove(&f.tick);
+        }
+    }
+
+    /// Forgets expired closed flows at the least recently seen end.
+    fn sweep_front(&mut self, now_ns: u64) {
+        while let Some((_, key)) = self.order.first_key_value() {
+            let key = *key;
+            match self.flows.get(&key) {
+                Some(f) if f.expired(now_ns, self.close_linger_ns) => {
+                    self.remove(&key);
+                    self.expired += 1;
+                }
+                _ => break,
+            }
+        }
+    }
+
+    fn make_room(&mut self) {
+        while self.flows.len() >= self.max_flows {
+            let Some((_, key)) = self.order.pop_first() else {
+                break;
+            };
+            self.flows.remove(&key);
+            self.evicted += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use observer_common::record::{
+        OPT_MSS, OPT_SACK, OPT_SACK_PERM, OPT_TIMESTAMP, OPTKIND_MSS, OPTKIND_SACK, OPTKIND_SACK_PERM,
+        OPTKIND_TIMESTAMP, OPTKIND_WSCALE, TCP_PSH,
+    };
+
+    pub(crate) const CLIENT: [u8; 4] = [10, 0, 0, 1];
+    pub(crate) const SERVER: [u8; 4] = [10, 0, 0, 2];
+
+    /// A segment from `src:sport` to `dst:dport` at `ts_ns`.
+    pub(crate) fn seg(
+        src: ([u8; 4], u16),
+        dst: ([u8; 4], u16),
+        flags: u8,
+        seq: u32,
+        ack: u32,
+        window: u16,
+        payload_len: u16,
+    ) -> TcpRecord {
+        let mut r = TcpRecord::default();
+        r.header.kind = observer_common::record::KIND_TCP;
+        r.ip_version = 4;
+        r.saddr[..4].copy_from_slice(&src.0);
+        r.daddr[..4].copy_from_slice(&dst.0);
+        r.sport = src.1;
+        r.dport = dst.1;
+        r.flags = flags;
+        r.seq = seq;
+        r.ack = ack;
+        r.window = window;
+        r.payload_len = payload_len;
+        r.header_len = 20;
+        r
+    }
+
+    /// Adds Linux's SYN options: MSS, SACK_PERM, TS, NOP, WS.
+    pub(crate) fn linux_syn_options(r: &mut TcpRecord, mss: u16, tsval: u32, tsecr: u32, ws: u8) {
+        r.options |= OPT_MSS | OPT_SACK_PERM | OPT_TIMESTAMP | OPT_WSCALE;
+        r.mss = mss;
+        r.tsval = tsval;
+        r.tsecr = tsecr;
+        r.wscale = ws;
+        r.option_kinds[..4].copy_from_slice(&[OPTKIND_MSS, OPTKIND_SACK_PERM, OPTKIND_TIMESTAMP, OPTKIND_WSCALE]);
+        r.option_count = 4;
+        r.header_len = 40;
+    }
+
+    fn with_ws(mut r: TcpRecord, ws: u8) -> TcpRecord {
+        r.options |= OPT_WSCALE;
+        r.wscale = ws;
+        r.option_kinds[r.option_count as usize] = OPTKIND_WSCALE;
+        r.option_count += 1;
+        r
+    }
+
+    fn with_sack(mut r: TcpRecord, blocks: &[(u32, u32)]) -> TcpRecord {
+        r.options |= OPT_SACK;
+        for (i, (l, rt)) in blocks.iter().enumerate() {
+            r.sack[i] = SackBlock { left: *l, right: *rt };
+        }
+        r.sack_count = blocks.len() as u8;
+        r.option_kinds[r.option_count as usize] = OPTKIND_SACK;
+        r.option_count += 1;
+        r
+    }
+
+    fn at(mut r: TcpRecord, ts_ns: u64) -> TcpRecord {
+        r.header.ts_ns = ts_ns;
+        r
+    }
+
+    const C: ([u8; 4], u16) = (CLIENT, 40000);
+    const S: ([u8; 4], u16) = (SERVER, 80);
+    const ACK: u8 = TCP_ACK;
+    const SYN: u8 = TCP_SYN;
+
+    fn nums(a: &TcpAnalysis) -> (u32, Option<u32>, u32) {
+        (a.seq, a.ack, a.window)
+    }
+
+    #[test]
+    fn full_connection_matches_tshark() {
+        // tshark 4.0 on the same segments: Seq/Ack/Win as asserted.
+        let (ci, si) = (1_000_000u32, 3_000_000_000u32);
+        let mut t = FlowTable::default();
+        let mut syn = seg(C, S, SYN, ci, 0, 64240, 0);
+        linux_syn_options(&mut syn, 1460, 111, 0, 8);
+        let mut synack = seg(S, C, SYN | ACK, si, ci + 1, 65160, 0);
+        linux_syn_options(&mut synack, 1460, 222, 111, 8);
+
+        let a = t.observe(&syn);
+        assert_eq!(nums(&a), (0, None, 64240));
+        assert_eq!(a.scaling, WindowScaling::NoScaling);
+        assert_eq!(nums(&t.observe(&synack)), (0, Some(1), 65160));
+        let a = t.observe(&seg(C, S, ACK, ci + 1, si + 1, 4106, 0));
+        assert_eq!(nums(&a), (1, Some(1), 1_051_136));
+        assert_eq!(a.scaling, WindowScaling::Shift(8));
+        let a = t.observe(&seg(C, S, TCP_PSH | ACK, ci + 1, si + 1, 4106, 100));
+        assert_eq!(nums(&a), (1, Some(1), 1_051_136));
+        let a = t.observe(&with_sack(
+            seg(S, C, ACK, si + 1, ci + 101, 509, 0),
+            &[(ci + 201, ci + 301)],
+        ));
+        assert_eq!(nums(&a), (1, Some(101), 130_304));
+        assert_eq!(a.sack_blocks(), &[SackBlock { left: 201, right: 301 }]);
+        let a = t.observe(&seg(S, C, TCP_PSH | ACK, si + 1, ci + 101, 509, 50));
+        assert_eq!(nums(&a), (1, Some(101), 130_304));
+        let a = t.observe(&seg(C, S, TCP_FIN | TCP_PSH | ACK, ci + 101, si + 51, 4106, 10));
+        assert_eq!(nums(&a), (101, Some(51), 1_051_136));
+        let a = t.observe(&seg(S, C, TCP_FIN | ACK, si + 51, ci + 112, 509, 0));
+        assert_eq!(nums(&a), (51, Some(112), 130_304));
+        let a = t.observe(&seg(C, S, ACK, ci + 112, si + 52, 4106, 0));
+        assert_eq!(nums(&a), (112, Some(52), 1_051_136));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn syn_without_ws_means_no_scaling_both_ways() {
+        let mut t = FlowTable::default();
+        let mut syn = seg(C, S, SYN, 100, 0, 64240, 0);
+        syn.options = OPT_MSS;
+        t.observe(&syn);
+        t.observe(&with_ws(seg(S, C, SYN | ACK, 900, 101, 65160, 0), 7));
+        let a = t.observe(&seg(C, S, ACK, 101, 901, 500, 0));
+        assert_eq!((a.window, a.scaling), (500, WindowScaling::NoScaling));
+        let a = t.observe(&seg(S, C, ACK, 901, 101, 500, 0));
+        assert_eq!((a.window, a.scaling), (500, WindowScaling::NoScaling));
+    }
+
+    #[test]
+    fn synack_without_ws_means_no_scaling_both_ways() {
+        let mut t = FlowTable::default();
+        t.observe(&with_ws(seg(C, S, SYN, 100, 0, 64240, 0), 7));
+        t.observe(&seg(S, C, SYN | ACK, 900, 101, 65160, 0));
+        let a = t.observe(&seg(C, S, ACK, 101, 901, 500, 0));
+        assert_eq!((a.window, a.scaling), (500, WindowScaling::NoScaling));
+        let a = t.observe(&seg(S, C, ACK, 901, 101, 500, 0));
+        assert_eq!((a.window, a.scaling), (500, WindowScaling::NoScaling));
+    }
+
+    #[test]
+    fn only_one_syn_seen_scales_that_sender_only() {
+        // tshark: SYN with WS=128 seen, SYN-ACK missed: client windows scaled, server's unknown.
+        let mut t = FlowTable::default();
+        t.observe(&with_ws(seg(C, S, SYN, 100, 0, 64240, 0), 7));
+        let a = t.observe(&seg(C, S, ACK, 101, 901, 500, 0));
+        assert_eq!((a.window, a.scaling), (64000, WindowScaling::Shift(7)));
+        let a = t.observe(&seg(S, C, ACK, 901, 101, 500, 0));
+        assert_eq!((a.window, a.scaling), (500, WindowScaling::Unknown));
+    }
+
+    #[test]
+    fn shift_above_14_counts_as_14() {
+        let mut t = FlowTable::default();
+        t.observe(&with_ws(seg(C, S, SYN, 100, 0, 100, 0), 15));
+        t.observe(&with_ws(seg(S, C, SYN | ACK, 900, 101, 100, 0), 15));
+        let a = t.observe(&seg(C, S, ACK, 101, 901, 1, 0));
+        assert_eq!((a.window, a.scaling), (16384, WindowScaling::Shift(14)));
+    }
+
+    #[test]
+    fn mid_stream_capture_starts_at_one_with_unknown_scale() {
+        // tshark: first seen segment Seq=1 Ack=1; SACK edges relative to the ack-derived base.
+        let mut t = FlowTable::default();
+        let a = t.observe(&seg(S, C, ACK, 5901, 7101, 500, 0));
+        assert_eq!(nums(&a), (1, Some(1), 500));
+        assert_eq!(a.scaling, WindowScaling::Unknown);
+        let a = t.observe(&seg(C, S, TCP_PSH | ACK, 7101, 5901, 500, 5));
+        assert_eq!(nums(&a), (1, Some(1), 500));
+        let a = t.observe(&with_sack(
+            seg(S, C, ACK, 5901, 7106, 500, 0),
+            &[(7200, 7300), (7400, 7500)],
+        ));
+        assert_eq!(a.ack, Some(6));
+        let edges: Vec<(u32, u32)> = a.sack_blocks().iter().map(|b| (b.left, b.right)).collect();
+        assert_eq!(edges, vec![(100, 200), (300, 400)]);
+        let a = t.observe(&seg(C, S, ACK, 7000, 5901, 500, 0));
+        assert_eq!(a.seq, 4_294_967_196, "lower seq wraps like tshark's");
+    }
+
+    #[test]
+    fn rst_without_ack_omits_ack() {
+        let mut t = FlowTable::default();
+        let a = t.observe(&seg(C, S, TCP_RST, 5, 0, 0, 0));
+        assert_eq!(nums(&a), (1, None, 0));
+    }
+
+    #[test]
+    fn new_syn_with_other_isn_starts_a_fresh_flow() {
+        let mut t = FlowTable::default();
+        t.observe(&with_ws(seg(C, S, SYN, 100, 0, 64240, 0), 7));
+        t.observe(&with_ws(seg(S, C, SYN | ACK, 900, 101, 65160, 0), 7));
+        t.observe(&seg(C, S, ACK, 101, 901, 500, 0));
+        let a = t.observe(&seg(C, S, SYN, 50_000, 0, 64240, 0));
+        assert!(a.port_reused);
+        assert_eq!(a.seq, 0);
+        let a = t.observe(&seg(S, C, SYN | ACK, 70_000, 50_001, 65160, 0));
+        assert!(!a.port_reused);
+        assert_eq!(nums(&a), (0, Some(1), 65160));
+        let a = t.observe(&seg(C, S, ACK, 50_001, 70_001, 500, 0));
+        assert_eq!((a.seq, a.ack, a.scaling), (1, Some(1), WindowScaling::NoScaling));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn retransmitted_syn_keeps_the_flow() {
+        let mut t = FlowTable::default();
+        t.observe(&seg(C, S, SYN, 100, 0, 64240, 0));
+        let a = t.observe(&seg(C, S, SYN, 100, 0, 64240, 0));
+        assert!(!a.port_reused);
+        assert_eq!(a.seq, 0);
+    }
+
+    #[test]
+    fn synack_with_other_isn_rebases_its_sender_only() {
+        // tshark 4.0: Seq=0 Ack=101 on the new SYN-ACK; the client's base stays.
+        let mut t = FlowTable::default();
+        t.observe(&with_ws(seg(C, S, SYN, 100, 0, 64240, 0), 2));
+        t.observe(&with_ws(seg(S, C, SYN | ACK, 900, 101, 65160, 0), 2));
+        t.observe(&seg(C, S, ACK, 101, 901, 10, 0));
+        let a = t.observe(&with_ws(seg(S, C, SYN | ACK, 1900, 201, 65160, 0), 3));
+        assert!(a.port_reused);
+        assert_eq!(nums(&a), (0, Some(101), 65160));
+        assert_eq!(nums(&t.observe(&seg(C, S, ACK, 101, 1901, 10, 0))), (1, Some(1), 40));
+        assert_eq!(nums(&t.observe(&seg(S, C, ACK, 1901, 101, 10, 0))), (1, Some(1), 80));
+    }
+
+    #[test]
+    fn synack_after_mid_stream_segment_rebases_its_sender() {
+        // tshark 4.0: the client's base came from seq − 1, so the SYN-ACK shows Ack=2.
+        let mut t = FlowTable::default();
+        t.observe(&seg(C, S, ACK, 1000, 5000, 100, 0));
+        let a = t.observe(&seg(S, C, SYN | ACK, 9000, 1001, 64240, 0));
+        assert!(a.port_reused);
+        assert_eq!(nums(&a), (0, Some(2), 64240));
+        assert_eq!(nums(&t.observe(&seg(C, S, ACK, 1001, 9001, 100, 0))), (2, Some(1), 100));
+    }
+
+    #[test]
+    fn syn_after_mid_stream_segment_starts_a_fresh_flow() {
+        let mut t = FlowTable::default();
+        t.observe(&seg(C, S, ACK, 1000, 5000, 100, 0));
+        let a = t.observe(&seg(C, S, SYN, 3000, 0, 64240, 0));
+        assert!(a.port_reused);
+        assert_eq!(a.seq, 0);
+    }
+
+    #[test]
+    fn both_directions_share_one_flow_and_distinct_tuples_do_not() {
+        let mut t = FlowTable::default();
+        t.observe(&seg(C, S, SYN, 1, 0, 1, 0));
+        t.observe(&seg(S, C, SYN | ACK, 2, 2, 1, 0));
+        assert_eq!(t.len(), 1);
+        t.observe(&seg((CLIENT, 40001), S, SYN, 1, 0, 1, 0));
+        assert_eq!(t.len(), 2);
+        let mut v6 = seg(C, S, SYN, 1, 0, 1, 0);
+        v6.ip_version = 6;
+        t.observe(&v6);
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn cap_evicts_least_recently_seen() {
+        let mut t = FlowTable::new(3);
+        for port in 1..=3u16 {
+            t.observe(&seg((CLIENT, port), S, SYN, 1000, 0, 1, 0));
+        }
+        t.observe(&seg((CLIENT, 1), S, ACK, 1001, 77, 1, 0));
+        t.observe(&seg((CLIENT, 4), S, SYN, 1000, 0, 1, 0));
+        assert_eq!((t.len(), t.evicted()), (3, 1));
+        // Port 2 was the least recently seen: it comes back as a mid-stream flow.
+        let a = t.observe(&seg((CLIENT, 2), S, ACK, 1001, 77, 1, 0));
+        assert_eq!(a.seq, 1);
+        assert_eq!(t.evicted(), 2);
+        // Port 1 was kept: its SYN base still holds.
+        let a = t.observe(&seg((CLIENT, 1), S, ACK, 1101, 77, 1, 0));
+        assert_eq!(a.seq, 101);
+    }
+
+    #[test]
+    fn closed_flows_are_forgotten_after_the_linger() {
+        let sec = 1_000_000_000u64;
+        let mut t = FlowTable::new(16).with_close_linger_ns(5 * sec);
+        t.observe(&at(seg(C, S, SYN, 100, 0, 1, 0), sec));
+        t.observe(&at(seg(C, S, TCP_FIN | ACK, 101, 900, 1, 0), 2 * sec));
+        t.observe(&at(seg(S, C, TCP_FIN | ACK, 900, 102, 1, 0), 3 * sec));
+        let a = t.observe(&at(seg(C, S, ACK, 102, 901, 1, 0), 4 * sec));
+        assert_eq!(a.seq, 2);
+        assert_eq!(t.expire(8 * sec), 0, "the linger counts from the last segment seen");
+        assert_eq!(t.expire(9 * sec), 1);
+        assert!(t.is_empty());
+
+        t.observe(&at(seg(C, S, SYN, 100, 0, 1, 0), 10 * sec));
+        t.observe(&at(seg(S, C, TCP_RST | ACK, 0, 101, 0, 0), 11 * sec));
+        let a = t.observe(&at(seg(C, S, ACK, 500, 1, 1, 0), 17 * sec));
+        assert_eq!(a.seq, 1, "forgotten lazily: the late segment starts a new flow");
+        assert_eq!(t.expired(), 2);
+    }
+
+    #[test]
+    fn ws_option_on_a_later_segment_updates_the_shift() {
+        // tshark 4.0 applies a WS option wherever it appears.
+        let mut t = FlowTable::default();
+        t.observe(&with_ws(seg(C, S, SYN, 100, 0, 100, 0), 2));
+        t.observe(&with_ws(seg(S, C, SYN | ACK, 900, 101, 100, 0), 2));
+        let a = t.observe(&with_ws(seg(C, S, ACK, 101, 901, 1, 0), 5));
+        assert_eq!(a.window, 4);
+        let a = t.observe(&seg(C, S, ACK, 101, 901, 1, 0));
+        assert_eq!(a.window, 32);
+    }
+}

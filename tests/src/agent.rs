@@ -1,0 +1,150 @@
+//! Runs the real `observer` binary inside a namespace and collects what it prints.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Stdio},
+    sync::mpsc,
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::netns::Netns;
+
+/// The stderr line the agent prints once its programs are attached.
+pub const READY: &str = "observer: watching";
+
+/// Path of the observer binary built beside the test binaries (`cargo xtask test` builds it first).
+pub fn binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("OBSERVER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/observer
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("observer"))
+        .context("locating the target directory")?;
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build it first with `cargo build -p observer` (cargo xtask test does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running agent.
+pub struct Agent {
+    child: Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+}
+
+/// What the agent printed, once stopped.
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit code (None when killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output lines.
+    pub stdout: Vec<String>,
+    /// Standard error lines.
+    pub stderr: Vec<String>,
+}
+
+fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+impl Agent {
+    /// Starts `observer <args>` in `ns` and waits until it reports that it is attached.
+    pub fn start(ns: &Netns, args: &[&str]) -> anyhow::Result<Agent> {
+        let bin = binary()?;
+        let mut cmd = ns.command(bin.to_str().context("binary path")?);
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("spawning observer")?;
+        let stdout = lines(child.stdout.take().context("stdout")?);
+        let stderr = lines(child.stderr.take().context("stderr")?);
+        let mut agent = Agent {
+            child,
+            stdout,
+            stderr,
+            stderr_seen: Vec::new(),
+        };
+        loop {
+            match agent.stderr.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    let ready = line.starts_with(READY);
+                    agent.stderr_seen.push(line);
+                    if ready {
+                        return Ok(agent);
+                    }
+                }
+                Err(_) => {
+                    let _ = agent.child.kill();
+                    bail!("observer did not attach within 30 s; stderr: {:?}", agent.stderr_seen);
+                }
+            }
+        }
+    }
+
+    /// Waits until a stdout line satisfies `pred` (or `timeout` passes) and returns the lines read so far.
+    pub fn wait_for(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration, seen: &mut Vec<String>) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.stdout.recv_timeout(left) {
+                Ok(line) => {
+                    let hit = pred(&line);
+                    seen.push(line);
+                    if hit {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Process id of the agent (of `ip netns exec`, which execs into observer).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal`, waits for exit and collects the output not yet read.
+    pub fn stop(&mut self, signal: i32) -> anyhow::Result<Finished> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let status = self.child.wait()?;
+        let stdout: Vec<String> = self.stdout.iter().collect();
+        let mut stderr = std::mem::take(&mut self.stderr_seen);
+        stderr.extend(self.stderr.iter());
+        Ok(Finished {
+            code: status.code(),
+            stdout,
+            stderr,
+        })
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // A test that failed before stop() must not leave the agent running.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Network namespaces and veth pairs made by a test and removed when it ends, also when it fails.
+//!
+//! Test traffic flows only between the namespaces a test creates here.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+};
+
+use anyhow::{Context as _, bail};
+
+/// A network namespace that is deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    /// Its name under /var/run/netns.
+    pub name: String,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, failing with its stderr when it exits non-zero.
+pub fn run(cmd: &mut Command) -> anyhow::Result<String> {
+    let Output { status, stdout, stderr } = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status}): {}", String::from_utf8_lossy(&stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
+}
+
+/// `ip <args>`.
+pub fn ip(args: &[&str]) -> anyhow::Result<String> {
+    run(Command::new("ip").args(args))
+}
+
+impl Netns {
+    /// Creates a namespace named after `tag`, the process id and a counter, with its loopback up.
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        let name = format!(
+            "obs-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n <ns> <args>`.
+    pub fn ip(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut all = vec!["-n", &self.name];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+
+    /// A command that runs `program` inside the namespace (`ip netns exec`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Runs `f` on a new thread that has entered the namespace, and returns its result.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+        self.spawn(f)?
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in {} panicked", self.name))
+    }
+
+    /// Starts `f` on a new thread that has entered the namespace.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> anyhow::Result<thread::JoinHandle<T>> {
+        let path = format!("/var/run/netns/{}", self.name);
+        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = thread::spawn(move || {
+            // SAFETY: setns on this thread only, with a namespace fd we own.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            let _ = tx.send(rc);
+            assert_eq!(rc, 0, "setns failed");
+            f()
+        });
+        match rx.recv() {
+            Ok(0) => Ok(handle),
+            _ => bail!("setns into {} failed: {}", self.name, std::io::Error::last_os_error()),
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespace also removes the veth ends inside it.
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+/// Two namespaces joined by a veth pair: `a` holds `a_if` with `a_addr`, `b` holds `b_if` with `b_addr`.
+#[derive(Debug)]
+pub struct Pair {
+    /// First namespace.
+    pub a: Netns,
+    /// Second namespace.
+    pub b: Netns,
+    /// Interface name in `a`.
+    pub a_if: String,
+    /// Interface name in `b`.
+    pub b_if: String,
+    /// Address of `a_if` (IPv4, no prefix).
+    pub a_addr: String,
+    /// Address of `b_if`.
+    pub b_addr: String,
+}
+
+impl Pair {
+    /// Creates the namespaces and the veth pair, with IPv4 addresses 10.<subnet>.0.1/24 and .2/24.
+    pub fn new(tag: &str, subnet: u8) -> anyhow::Result<Self> {
+        let a = Netns::new(&format!("{tag}a"))?;
+        let b = Netns::new(&format!("{tag}b"))?;
+        let (a_if, b_if) = ("veth-a".to_string(), "veth-b".to_string());
+        a.ip(&[
+            "link", "add", &a_if, "type", "veth", "peer", "name", &b_if, "netns", &b.name,
+        ])?;
+        let a_addr = format!("10.{subnet}.0.1");
+        let b_addr = format!("10.{subnet}.0.2");
+        a.ip(&["addr", "add", &format!("{a_addr}/24"), "dev", &a_if])?;
+        b.ip(&["addr", "add", &format!("{b_addr}/24"), "dev", &b_if])?;
+        a.ip(&["link", "set", &a_if, "up"])?;
+        b.ip(&["link", "set", &b_if, "up"])?;
+        Ok(Pair {
+            a,
+            b,
+            a_if,
+            b_if,
+            a_addr,
+            b_addr,
+        })
+    }
+}
