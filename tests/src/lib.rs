@@ -1,1 +1,7 @@
 //! Helpers for observer's kernel and end-to-end tests.
+
+pub mod agent;
+pub mod kernel;
+pub mod netns;
+pub mod oracle;
+pub mod require;
