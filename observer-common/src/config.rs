@@ -1,5 +1,7 @@
 //! Capture configuration the agent writes into the `CONFIG` map before attaching.
 
+use crate::mem::eq16;
+
 /// Name of the single-entry `Array<Config>` map.
 pub const CONFIG_MAP: &str = "CONFIG";
 
@@ -72,7 +74,7 @@ impl Config {
         }
         let mut i = 0;
         while i < MAX_HOSTS {
-            if i < self.host_count as usize && (self.hosts[i] == *a || self.hosts[i] == *b) {
+            if i < self.host_count as usize && (eq16(&self.hosts[i], a) || eq16(&self.hosts[i], b)) {
                 return true;
             }
             i += 1;

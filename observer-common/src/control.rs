@@ -4,6 +4,7 @@
 //! that answers a FIN. The last two need memory of the flow, kept in a small LRU map keyed by [`FlowKey`]
 //! holding a [`ControlState`]; [`decide`] is the whole policy, so the host tests check what the kernel does.
 
+use crate::mem::as_u128;
 use crate::record::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpRecord};
 
 /// Name of the `LruHashMap<FlowKey, ControlState>` map.
@@ -72,7 +73,7 @@ impl FlowKey {
     /// The canonical key of a segment and whether its source is the lower endpoint.
     #[inline(always)]
     pub fn of(r: &TcpRecord) -> (FlowKey, bool) {
-        let src_lo = (r.saddr, r.sport) <= (r.daddr, r.dport);
+        let src_lo = (as_u128(&r.saddr), r.sport) <= (as_u128(&r.daddr), r.dport);
         let (lo, hi) = if src_lo {
             ((r.saddr, r.sport), (r.daddr, r.dport))
         } else {

@@ -1,6 +1,6 @@
 //! Per-CPU counters: every packet a hook sees ends in exactly one outcome counter.
 
-/// Name of the `PerCpuArray<u64>` map holding the counters, indexed by [`Counter`].
+/// Name of the single-entry `PerCpuArray<CounterValues>` map holding the counters.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 
 /// Index of a counter in the `COUNTERS` map.
@@ -45,8 +45,11 @@ pub enum Counter {
     TooManyExtHeaders,
 }
 
-/// Number of counters (length of the `COUNTERS` map).
+/// Number of counters.
 pub const COUNTER_COUNT: u32 = Counter::TooManyExtHeaders as u32 + 1;
+
+/// One CPU's counters, indexed by [`Counter`]: one map lookup serves every increment of a packet.
+pub type CounterValues = [u64; COUNTER_COUNT as usize];
 
 impl Counter {
     /// Every counter in index order.

@@ -4,7 +4,8 @@
 //! load-bytes helpers and the host tests implement over a byte slice. Every frame ends in a record or in
 //! exactly one [`Counter`] saying why not (ignored, or malformed by class).
 //!
-//! Verifier notes: every load has a constant size except the TCP options, whose length is checked against
+//! Verifier notes: every load has a constant size (headers are loaded in pieces, never more than 28 bytes, to
+//! keep the stack small) except the TCP options, whose length is checked against
 //! [`MAX_OPTIONS_LEN`] right before the load; the option walk is bounded by `i < opt_len` with `i` strictly
 //! increasing, and reads the option buffer only through [`opt8`], whose mask proves each read in bounds.
 
@@ -21,8 +22,18 @@ use crate::{
 pub const MAX_OPTIONS_LEN: usize = 40;
 /// Size of the buffer the options are loaded into: a power of two above [`MAX_OPTIONS_LEN`].
 pub const OPTION_BUF_LEN: usize = 64;
-/// The buffer TCP options are loaded into; bytes past the loaded length stay zero.
-pub type OptionBuf = [u8; OPTION_BUF_LEN];
+/// The buffer TCP options are loaded into. Only the bytes just loaded are ever read, so a buffer reused from
+/// an earlier frame needs no clearing.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionBuf(pub [u8; OPTION_BUF_LEN]);
+
+impl Default for OptionBuf {
+    fn default() -> Self {
+        OptionBuf([0; OPTION_BUF_LEN])
+    }
+}
+
 /// Most IPv6 extension headers skipped before giving up.
 pub const MAX_EXT_HEADERS: usize = 6;
 
@@ -51,7 +62,13 @@ pub trait Frame {
         self.len() == 0
     }
 
+    /// Copies the `N` bytes at `offset` into `dst`; `false` (and `dst` unspecified) past the end of the frame.
+    fn load_into<const N: usize>(&self, offset: usize, dst: &mut [u8; N]) -> bool;
+
     /// The `N` bytes at `offset`, or `None` past the end of the frame.
+    ///
+    /// Verifier: implementations build the array without zeroing it first; `[0; N]` followed by a fill
+    /// became a memset call (see [`crate::mem`]).
     fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
 
     /// Fills `buf[..len]` from `offset`; `len` is 1..=[`MAX_OPTIONS_LEN`]. `None` past the end of the frame.
@@ -72,11 +89,21 @@ impl Frame for [u8] {
         self.get(offset..offset.checked_add(N)?)?.try_into().ok()
     }
 
+    fn load_into<const N: usize>(&self, offset: usize, dst: &mut [u8; N]) -> bool {
+        match offset.checked_add(N).and_then(|end| self.get(offset..end)) {
+            Some(src) => {
+                dst.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn load_options(&self, offset: usize, buf: &mut OptionBuf, len: usize) -> Option<()> {
         if len > MAX_OPTIONS_LEN {
             return None;
         }
-        let dst = buf.get_mut(..len)?;
+        let dst = buf.0.get_mut(..len)?;
         dst.copy_from_slice(self.get(offset..offset.checked_add(len)?)?);
         Some(())
     }
@@ -85,12 +112,31 @@ impl Frame for [u8] {
 /// The link layer of a frame: addresses, VLAN tags and where the payload starts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Link {
-    /// Header fields to copy into the record (kind, hook, direction, time left for the caller).
-    pub header: RecordHeader,
+    /// Ethernet destination MAC.
+    pub eth_dst: [u8; 6],
+    /// Ethernet source MAC.
+    pub eth_src: [u8; 6],
+    /// VLAN ids, outer first (an offloaded tag first of all).
+    pub vlan_ids: [u16; MAX_VLAN_TAGS],
+    /// Valid entries in `vlan_ids`.
+    pub vlan_count: u8,
     /// EtherType after the VLAN tags.
     pub ethertype: u16,
     /// Offset of the network header.
     pub offset: usize,
+}
+
+impl Link {
+    /// Writes the link fields and `kind` into a record header (time, hook and direction are the caller's).
+    #[inline(always)]
+    pub fn fill(&self, h: &mut RecordHeader, kind: u8, wire_len: usize) {
+        h.eth_dst = self.eth_dst;
+        h.eth_src = self.eth_src;
+        h.vlan_ids = self.vlan_ids;
+        h.vlan_count = self.vlan_count;
+        h.kind = kind;
+        h.wire_len = wire_len as u32;
+    }
 }
 
 /// What a frame turned out to be.
@@ -118,7 +164,7 @@ fn be32(b: &[u8], i: usize) -> u32 {
 /// is not enough, because LLVM may check one register and read through another derived before the check.
 #[inline(always)]
 fn opt8(buf: &OptionBuf, i: usize) -> u8 {
-    buf[i & (OPTION_BUF_LEN - 1)]
+    buf.0[i & (OPTION_BUF_LEN - 1)]
 }
 
 /// A big-endian u32 of the option buffer, read byte by byte through [`opt8`].
@@ -137,14 +183,13 @@ fn is_vlan(ethertype: u16) -> bool {
 pub fn parse_link<F: Frame + ?Sized>(f: &F) -> Result<(Link, Payload), Counter> {
     let eth: [u8; 14] = f.load(0).ok_or(Counter::Truncated)?;
     let mut link = Link::default();
-    link.header.eth_dst.copy_from_slice(&eth[0..6]);
-    link.header.eth_src.copy_from_slice(&eth[6..12]);
-    link.header.wire_len = f.len() as u32;
+    link.eth_dst.copy_from_slice(&eth[0..6]);
+    link.eth_src.copy_from_slice(&eth[6..12]);
     let mut ethertype = be16(&eth, 12);
     let mut offset = 14;
     let mut count = 0usize;
     if let Some(vid) = f.offloaded_vlan() {
-        link.header.vlan_ids[0] = vid & 0x0fff;
+        link.vlan_ids[0] = vid & 0x0fff;
         count = 1;
     }
     // Bounded loop: one pass per possible tag, plus one to detect a third.
@@ -154,13 +199,13 @@ pub fn parse_link<F: Frame + ?Sized>(f: &F) -> Result<(Link, Payload), Counter> 
             return Err(Counter::TooManyVlanTags);
         }
         let tag: [u8; 4] = f.load(offset).ok_or(Counter::Truncated)?;
-        link.header.vlan_ids[count] = be16(&tag, 0) & 0x0fff;
+        link.vlan_ids[count] = be16(&tag, 0) & 0x0fff;
         count += 1;
         ethertype = be16(&tag, 2);
         offset += 4;
         pass += 1;
     }
-    link.header.vlan_count = count as u8;
+    link.vlan_count = count as u8;
     link.ethertype = ethertype;
     link.offset = offset;
     let payload = match ethertype {
@@ -211,7 +256,9 @@ fn parse_ipv4<F: Frame + ?Sized>(f: &F, off: usize, rec: &mut TcpRecord) -> Resu
 
 #[inline(always)]
 fn parse_ipv6<F: Frame + ?Sized>(f: &F, off: usize, rec: &mut TcpRecord) -> Result<Segment, Counter> {
-    let h: [u8; 40] = f.load(off).ok_or(Counter::Truncated)?;
+    // The addresses go straight into the record below: a 40-byte copy on the stack would not fit beside the
+    // rest of the parser in the 512-byte BPF stack.
+    let h: [u8; 8] = f.load(off).ok_or(Counter::Truncated)?;
     if h[0] >> 4 != 6 {
         return Err(Counter::BadIpHeader);
     }
@@ -265,9 +312,10 @@ fn parse_ipv6<F: Frame + ?Sized>(f: &F, off: usize, rec: &mut TcpRecord) -> Resu
     if next != IPPROTO_TCP {
         return Err(Counter::NotTcpOrArp);
     }
+    if !f.load_into(off + 8, &mut rec.saddr) || !f.load_into(off + 24, &mut rec.daddr) {
+        return Err(Counter::Truncated);
+    }
     rec.ip_version = 6;
-    rec.saddr.copy_from_slice(&h[8..24]);
-    rec.daddr.copy_from_slice(&h[24..40]);
     Ok(Segment { offset: cur, len: left })
 }
 
@@ -278,11 +326,15 @@ pub fn is_ipv6_extension(next: u8) -> bool {
 }
 
 /// Parses the IP header and the TCP segment behind `link` into `rec` (header fields other than link ones are
-/// left to the caller).
+/// left to the caller), loading the TCP options into `buf`.
 #[inline(always)]
-pub fn parse_tcp<F: Frame + ?Sized>(f: &F, link: &Link, rec: &mut TcpRecord) -> Result<(), Counter> {
-    rec.header = link.header;
-    rec.header.kind = KIND_TCP;
+pub fn parse_tcp<F: Frame + ?Sized>(
+    f: &F,
+    link: &Link,
+    rec: &mut TcpRecord,
+    buf: &mut OptionBuf,
+) -> Result<(), Counter> {
+    link.fill(&mut rec.header, KIND_TCP, f.len());
     let seg = if link.ethertype == ETH_P_IP {
         parse_ipv4(f, link.offset, rec)?
     } else {
@@ -309,14 +361,13 @@ pub fn parse_tcp<F: Frame + ?Sized>(f: &F, link: &Link, rec: &mut TcpRecord) -> 
     if opt_len == 0 {
         return Ok(());
     }
-    let mut buf: OptionBuf = [0; OPTION_BUF_LEN];
     // Verifier: the helper's length must be provably within the buffer.
     if opt_len > MAX_OPTIONS_LEN {
         return Err(Counter::BadDataOffset);
     }
-    f.load_options(seg.offset + 20, &mut buf, opt_len)
+    f.load_options(seg.offset + 20, buf, opt_len)
         .ok_or(Counter::Truncated)?;
-    parse_options(&buf, opt_len, rec)
+    parse_options(buf, opt_len, rec)
 }
 
 /// Walks the TCP options in `buf[..opt_len]`, filling the option fields of `rec`.
@@ -405,8 +456,7 @@ pub fn parse_options(buf: &OptionBuf, opt_len: usize, rec: &mut TcpRecord) -> Re
 /// Parses an ARP packet behind `link` into `rec`.
 #[inline(always)]
 pub fn parse_arp<F: Frame + ?Sized>(f: &F, link: &Link, rec: &mut ArpRecord) -> Result<(), Counter> {
-    rec.header = link.header;
-    rec.header.kind = KIND_ARP;
+    link.fill(&mut rec.header, KIND_ARP, f.len());
     let a: [u8; 28] = f.load(link.offset).ok_or(Counter::Truncated)?;
     if be16(&a, 0) != 1 || be16(&a, 2) != ETH_P_IP || a[4] != 6 || a[5] != 4 {
         return Err(Counter::ArpUnsupported);
@@ -435,7 +485,7 @@ pub fn parse_frame<F: Frame + ?Sized>(f: &F) -> Result<Parsed, Counter> {
     match payload {
         Payload::Ip => {
             let mut rec = TcpRecord::default();
-            parse_tcp(f, &link, &mut rec)?;
+            parse_tcp(f, &link, &mut rec, &mut OptionBuf::default())?;
             Ok(Parsed::Tcp(rec))
         }
         Payload::Arp => {

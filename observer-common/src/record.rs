@@ -234,6 +234,11 @@ impl TcpRecord {
     }
 }
 
+// SAFETY: #[repr(C)] integers and byte arrays with explicit padding, 8-aligned, sizes multiples of 8.
+unsafe impl crate::mem::Words for TcpRecord {}
+// SAFETY: as above.
+unsafe impl crate::mem::Words for ArpRecord {}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] structs of integers and byte arrays with explicit padding.

@@ -18,13 +18,14 @@ use aya_log_ebpf::debug;
 use observer_common::{
     Counter,
     config::MODE_CONTROL,
+    mem::clear,
     parse::{Frame, Payload, parse_arp, parse_link, parse_tcp},
     record::{ArpRecord, DIR_EGRESS, DIR_INGRESS, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP, RecordHeader, TcpRecord},
 };
 
 use crate::{
-    frame::{TcFrame, XdpFrame},
-    maps::{CONFIG, SCRATCH_ARP, SCRATCH_TCP, bump, control_allows, emit, scratch},
+    frame::Packet,
+    maps::{CONFIG, SCRATCH_ARP, SCRATCH_TCP, TcpScratch, control_allows, count, emit, scratch},
 };
 
 /// TC ingress: parse and report every frame the interface receives.
@@ -45,13 +46,13 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
 /// XDP ingress: the `--hook xdp` alternative to `tc_ingress` (no egress at XDP).
 #[xdp]
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
-    let frame = XdpFrame(&ctx);
     // SAFETY: ctx.ctx is the xdp_md the kernel passed in.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let outcome = observe(&frame, HOOK_XDP, DIR_INGRESS, ifindex, Counter::SeenXdp);
+    let result = parse_and_emit(&Packet(&ctx), HOOK_XDP, DIR_INGRESS, ifindex);
+    count(Counter::SeenXdp, outcome(result));
     // aya-log's AYA_LOG_LEVEL global (0 unless --ebpf-log) turns these off; the verifier prunes them then.
-    match outcome {
-        Ok(()) => debug!(&ctx, "xdp: record emitted"),
+    match result {
+        Ok(_) => debug!(&ctx, "xdp: record emitted"),
         Err(c) => debug!(&ctx, "xdp: no record, counter {}", c as u32),
     }
     xdp_action::XDP_PASS
@@ -65,38 +66,38 @@ pub fn tc_empty(_ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn tc(ctx: &TcContext, hook: u8, direction: u8, seen: Counter) {
-    let frame = TcFrame(ctx);
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed in.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let outcome = observe(&frame, hook, direction, ifindex, seen);
-    match outcome {
-        Ok(()) => debug!(ctx, "tc hook {}: record emitted", hook),
+    let result = parse_and_emit(&Packet(ctx), hook, direction, ifindex);
+    count(seen, outcome(result));
+    match result {
+        Ok(_) => debug!(ctx, "tc hook {}: record emitted", hook),
         Err(c) => debug!(ctx, "tc hook {}: no record, counter {}", hook, c as u32),
     }
 }
 
-/// Parses one frame and emits its record; `Err` names the counter that took it instead.
+/// The counter that records how a frame ended.
 #[inline(always)]
-fn observe<F: Frame>(f: &F, hook: u8, direction: u8, ifindex: u32, seen: Counter) -> Result<(), Counter> {
-    bump(seen);
-    let result = parse_and_emit(f, hook, direction, ifindex);
-    if let Err(c) = result {
-        bump(c);
+fn outcome(result: Result<Counter, Counter>) -> Counter {
+    match result {
+        Ok(c) | Err(c) => c,
     }
-    result
 }
 
+/// Parses one frame and emits its record: `Ok(Emitted)`, or `Err` with the counter that took it instead.
 #[inline(always)]
-fn parse_and_emit<F: Frame>(f: &F, hook: u8, direction: u8, ifindex: u32) -> Result<(), Counter> {
+fn parse_and_emit<F: Frame>(f: &F, hook: u8, direction: u8, ifindex: u32) -> Result<Counter, Counter> {
+    let (link, payload) = parse_link(f)?;
     // Verifier: an array lookup can fail as far as it knows; index 0 of CONFIG always exists.
     let Some(cfg) = CONFIG.get(0) else {
-        return Err(Counter::RingFull);
+        return Err(Counter::NotTcpOrArp);
     };
-    let (link, payload) = parse_link(f)?;
     match payload {
         Payload::Ip => {
-            let rec: &mut TcpRecord = scratch(&SCRATCH_TCP).ok_or(Counter::RingFull)?;
-            parse_tcp(f, &link, rec)?;
+            // Verifier: as above, slot 0 of a per-CPU array always exists.
+            let TcpScratch { record: rec, options } = scratch(&SCRATCH_TCP).ok_or(Counter::NotTcpOrArp)?;
+            clear(rec);
+            parse_tcp(f, &link, rec, options)?;
             if !cfg.allows_tcp(rec) {
                 return Err(Counter::Filtered);
             }
@@ -107,7 +108,8 @@ fn parse_and_emit<F: Frame>(f: &F, hook: u8, direction: u8, ifindex: u32) -> Res
             emit(rec, cfg.discard != 0)
         }
         Payload::Arp => {
-            let rec: &mut ArpRecord = scratch(&SCRATCH_ARP).ok_or(Counter::RingFull)?;
+            let rec: &mut ArpRecord = scratch(&SCRATCH_ARP).ok_or(Counter::NotTcpOrArp)?;
+            clear(rec);
             parse_arp(f, &link, rec)?;
             if !cfg.allows_arp(rec) {
                 return Err(Counter::Filtered);

@@ -7,7 +7,8 @@ use aya_ebpf::{
 use observer_common::{
     Config, Counter,
     control::{CONTROL_FLOWS_CAPACITY, ControlState, FlowKey, Update, decide},
-    counter::COUNTER_COUNT,
+    counter::CounterValues,
+    parse::OptionBuf,
     record::{ArpRecord, RING_BYTES, TcpRecord},
 };
 
@@ -15,9 +16,9 @@ use observer_common::{
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
-/// Per-CPU outcome counters indexed by `Counter`.
+/// Per-CPU outcome counters, all in one slot indexed by `Counter`.
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+pub static COUNTERS: PerCpuArray<CounterValues> = PerCpuArray::with_max_entries(1, 0);
 
 /// The agent's configuration (one entry).
 #[map]
@@ -27,36 +28,45 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
 pub static CONTROL_FLOWS: LruHashMap<FlowKey, ControlState> = LruHashMap::with_max_entries(CONTROL_FLOWS_CAPACITY, 0);
 
+/// The TCP record being built and its option buffer.
+#[repr(C)]
+pub struct TcpScratch {
+    /// The record, cleared for each frame.
+    pub record: TcpRecord,
+    /// The options of the frame; never cleared (only freshly loaded bytes are read).
+    pub options: OptionBuf,
+}
+
 /// Per-CPU scratch for the TCP record being built: it does not fit the 512-byte BPF stack beside the parser.
 #[map]
-pub static SCRATCH_TCP: PerCpuArray<TcpRecord> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH_TCP: PerCpuArray<TcpScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU scratch for the ARP record being built, for the same stack reason.
 #[map]
 pub static SCRATCH_ARP: PerCpuArray<ArpRecord> = PerCpuArray::with_max_entries(1, 0);
 
-/// This CPU's scratch slot of `map`, reset to the default record.
+/// This CPU's scratch slot of `map`.
 #[inline(always)]
-pub fn scratch<T: Default>(map: &'static PerCpuArray<T>) -> Option<&'static mut T> {
+pub fn scratch<T>(map: &'static PerCpuArray<T>) -> Option<&'static mut T> {
     let p = map.get_ptr_mut(0)?;
     // SAFETY: a per-CPU slot used by one program run at a time on this CPU.
-    let rec = unsafe { &mut *p };
-    *rec = T::default();
-    Some(rec)
+    Some(unsafe { &mut *p })
 }
 
-/// Adds one to a counter on this CPU.
+/// Adds one to the frame's `seen` counter and to the counter of its outcome, with one map lookup.
 #[inline(always)]
-pub fn bump(c: Counter) {
-    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
-        // SAFETY: a per-CPU slot, written only from this CPU with preemption off.
-        unsafe { *p += 1 };
+pub fn count(seen: Counter, outcome: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, written only from this CPU with preemption off.
+        let values = unsafe { &mut *p };
+        values[seen as usize] += 1;
+        values[outcome as usize] += 1;
     }
 }
 
-/// Reserves, fills and submits (or, for benchmarks, discards) one record.
+/// Reserves, fills and submits (or, for benchmarks, discards) one record; the counter to add is `Emitted`.
 #[inline(always)]
-pub fn emit<T: Copy + 'static>(rec: &T, discard: bool) -> Result<(), Counter> {
+pub fn emit<T: Copy + 'static>(rec: &T, discard: bool) -> Result<Counter, Counter> {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         return Err(Counter::RingFull);
     };
@@ -68,8 +78,7 @@ pub fn emit<T: Copy + 'static>(rec: &T, discard: bool) -> Result<(), Counter> {
     } else {
         entry.submit(0);
     }
-    bump(Counter::Emitted);
-    Ok(())
+    Ok(Counter::Emitted)
 }
 
 /// Runs the control-only policy on a segment and applies its map update.

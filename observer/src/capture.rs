@@ -15,7 +15,7 @@ use aya::{
 use observer_common::{
     Config, Counter,
     config::CONFIG_MAP,
-    counter::{COUNTER_COUNT, COUNTERS_MAP},
+    counter::{COUNTER_COUNT, COUNTERS_MAP, CounterValues},
     record::EVENTS_MAP,
 };
 
@@ -335,7 +335,7 @@ impl Capture {
             .ok_or(counters_error(MapError::InvalidName {
                 name: COUNTERS_MAP.into(),
             }))?;
-        let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(raw).map_err(counters_error)?;
+        let counters: PerCpuArray<MapData, CounterValues> = PerCpuArray::try_from(raw).map_err(counters_error)?;
         // Dropping the object detaches its links (TCX, XDP and netlink filters alike).
         drop(self.ebpf);
         read_counters(counters)
@@ -349,10 +349,14 @@ fn counters_error(source: MapError) -> CaptureError {
     }
 }
 
-fn read_counters<T: std::borrow::Borrow<MapData>>(array: PerCpuArray<T, u64>) -> Result<Counters, CaptureError> {
+fn read_counters<T: std::borrow::Borrow<MapData>>(
+    array: PerCpuArray<T, CounterValues>,
+) -> Result<Counters, CaptureError> {
     let mut values = [0u64; COUNTER_COUNT as usize];
-    for (i, v) in values.iter_mut().enumerate() {
-        *v = array.get(&(i as u32), 0).map_err(counters_error)?.iter().sum();
+    for cpu in array.get(&0, 0).map_err(counters_error)?.iter() {
+        for (v, c) in values.iter_mut().zip(cpu) {
+            *v += c;
+        }
     }
     Ok(Counters(values))
 }
