@@ -293,7 +293,7 @@ pub struct SackJson {
     pub sre: u32,
 }
 
-/// The JSON object of a TCP segment (see `JSON.md`).
+/// The JSON object of a TCP segment (schema in the README).
 #[derive(Clone, Debug, Serialize)]
 pub struct TcpJson<'a> {
     /// RFC 3339 UTC wall time with microseconds.
@@ -644,7 +644,7 @@ pub enum ArpOperationJson {
     Code(u16),
 }
 
-/// The JSON object of an ARP packet (see `JSON.md`).
+/// The JSON object of an ARP packet (schema in the README).
 #[derive(Clone, Debug, Serialize)]
 pub struct ArpJson<'a> {
     /// RFC 3339 UTC wall time with microseconds.
@@ -1212,5 +1212,43 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&json.render(&Event::Arp(a))).unwrap();
         assert_eq!(v["kind"], "request");
         assert_eq!(text.flows().len(), 1);
+    }
+
+    /// Field names documented in one of the README's JSON tables (the first column, `a`, `b` split).
+    fn readme_fields(heading: &str) -> std::collections::BTreeSet<String> {
+        let readme = include_str!("../../README.md");
+        let table = readme.split(heading).nth(1).expect("README has the JSON section");
+        table
+            .lines()
+            .skip_while(|l| !l.starts_with("| `"))
+            .take_while(|l| l.starts_with('|'))
+            .flat_map(|l| {
+                l.split('|')
+                    .nth(1)
+                    .unwrap_or("")
+                    .split(',')
+                    .map(|f| f.trim().trim_matches('`').to_string())
+            })
+            .collect()
+    }
+
+    fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
+        v.as_object().expect("an object").keys().cloned().collect()
+    }
+
+    #[test]
+    fn readme_documents_every_json_field() {
+        let common = readme_fields("### Fields of every record");
+        let mut flows = FlowTable::default();
+        let syn = framed(seg(C, S, SYN, 1000, 0, 64240, 0), 74, DIR_EGRESS);
+        let tcp = serde_json::to_value(tcp_json(&clock(), "eth0", &syn, &flows.observe(&syn))).unwrap();
+        let documented: std::collections::BTreeSet<String> =
+            common.union(&readme_fields("### TCP fields")).cloned().collect();
+        assert_eq!(keys(&tcp), documented, "TCP JSON keys vs the README");
+        let req = arp((A, BC), 1, A, IP1, Z, IP2);
+        let arp = serde_json::to_value(arp_json(&clock(), "eth0", &req, &ArpState::default().observe(&req))).unwrap();
+        let documented: std::collections::BTreeSet<String> =
+            common.union(&readme_fields("### ARP fields")).cloned().collect();
+        assert_eq!(keys(&arp), documented, "ARP JSON keys vs the README");
     }
 }
