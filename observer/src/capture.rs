@@ -195,29 +195,32 @@ impl Capture {
 
     /// Verifies and loads a TC program, returning it for attaching or test runs.
     pub fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, CaptureError> {
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(CaptureError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| CaptureError::Program { program: name, source })?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|e| verifier_error(name, e))?;
-        }
-        Ok(prog)
+        self.loaded(name, SchedClassifier::load, |p| p.fd().is_ok())
     }
 
     /// Verifies and loads the XDP program, returning it for attaching or test runs.
     pub fn xdp(&mut self) -> Result<&mut Xdp, CaptureError> {
-        let name = program::XDP_INGRESS;
-        let prog: &mut Xdp = self
+        self.loaded(program::XDP_INGRESS, Xdp::load, |p| p.fd().is_ok())
+    }
+
+    /// The program `name` as a `P`, verified and loaded into the kernel on first use.
+    fn loaded<P>(
+        &mut self,
+        name: &'static str,
+        load: fn(&mut P) -> Result<(), ProgramError>,
+        is_loaded: fn(&P) -> bool,
+    ) -> Result<&mut P, CaptureError>
+    where
+        for<'p> &'p mut P: TryFrom<&'p mut aya::programs::Program, Error = ProgramError>,
+    {
+        let prog: &mut P = self
             .ebpf
             .program_mut(name)
             .ok_or(CaptureError::MissingProgram(name))?
             .try_into()
             .map_err(|source| CaptureError::Program { program: name, source })?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|e| verifier_error(name, e))?;
+        if !is_loaded(prog) {
+            load(prog).map_err(|e| verifier_error(name, e))?;
         }
         Ok(prog)
     }

@@ -293,9 +293,9 @@ pub struct SackJson {
     pub sre: u32,
 }
 
-/// The JSON object of a TCP segment (schema in the README).
+/// The fields every JSON record has (schema in the README).
 #[derive(Clone, Debug, Serialize)]
-pub struct TcpJson<'a> {
+pub struct CommonJson<'a> {
     /// RFC 3339 UTC wall time with microseconds.
     pub time: String,
     /// Boot-time nanoseconds from the kernel.
@@ -308,16 +308,49 @@ pub struct TcpJson<'a> {
     pub hook: &'static str,
     /// VLAN ids, outer first.
     pub vlan: Vec<u16>,
-    /// Always `tcp`.
+    /// `tcp` or `arp`.
     pub proto: &'static str,
-    /// Source address.
+    /// TCP: source address; ARP: Ethernet source MAC.
     pub src: String,
-    /// Destination address.
+    /// TCP: destination address; ARP: Ethernet destination MAC.
     pub dst: String,
     /// Frame length.
     pub len: u32,
     /// tshark's Info text.
     pub summary: String,
+}
+
+impl<'a> CommonJson<'a> {
+    fn new(
+        clock: &Clock,
+        iface: &'a str,
+        h: &RecordHeader,
+        proto: &'static str,
+        ends: (String, String),
+        summary: String,
+    ) -> Self {
+        CommonJson {
+            time: clock.rfc3339(h.ts_ns),
+            ts_ns: h.ts_ns,
+            iface,
+            direction: direction_name(h.direction),
+            hook: hook_name(h.hook),
+            vlan: vlan_ids(h),
+            proto,
+            src: ends.0,
+            dst: ends.1,
+            len: h.wire_len,
+            summary,
+        }
+    }
+}
+
+/// The JSON object of a TCP segment (schema in the README).
+#[derive(Clone, Debug, Serialize)]
+pub struct TcpJson<'a> {
+    /// The fields every record has.
+    #[serde(flatten)]
+    pub common: CommonJson<'a>,
     /// Source port.
     pub sport: u16,
     /// Destination port.
@@ -360,18 +393,9 @@ pub struct TcpJson<'a> {
 pub fn tcp_json<'a>(clock: &Clock, iface: &'a str, rec: &TcpRecord, a: &TcpAnalysis) -> TcpJson<'a> {
     let has = |bit: u8| rec.options & bit != 0;
     let has_ack = rec.flags & TCP_ACK != 0;
+    let ends = (tcp_src(rec).to_string(), tcp_dst(rec).to_string());
     TcpJson {
-        time: clock.rfc3339(rec.header.ts_ns),
-        ts_ns: rec.header.ts_ns,
-        iface,
-        direction: direction_name(rec.header.direction),
-        hook: hook_name(rec.header.hook),
-        vlan: vlan_ids(&rec.header),
-        proto: "tcp",
-        src: tcp_src(rec).to_string(),
-        dst: tcp_dst(rec).to_string(),
-        len: rec.header.wire_len,
-        summary: tcp_summary(rec, a),
+        common: CommonJson::new(clock, iface, &rec.header, "tcp", ends, tcp_summary(rec, a)),
         sport: rec.sport,
         dport: rec.dport,
         flags: tcp_flag_names(rec.flags),
@@ -647,28 +671,9 @@ pub enum ArpOperationJson {
 /// The JSON object of an ARP packet (schema in the README).
 #[derive(Clone, Debug, Serialize)]
 pub struct ArpJson<'a> {
-    /// RFC 3339 UTC wall time with microseconds.
-    pub time: String,
-    /// Boot-time nanoseconds from the kernel.
-    pub ts_ns: u64,
-    /// Interface name.
-    pub iface: &'a str,
-    /// `in` or `out`.
-    pub direction: &'static str,
-    /// `tc` or `xdp`.
-    pub hook: &'static str,
-    /// VLAN ids, outer first.
-    pub vlan: Vec<u16>,
-    /// Always `arp`.
-    pub proto: &'static str,
-    /// Ethernet source MAC.
-    pub src: String,
-    /// Ethernet destination MAC.
-    pub dst: String,
-    /// Frame length.
-    pub len: u32,
-    /// tshark's Info text.
-    pub summary: String,
+    /// The fields every record has.
+    #[serde(flatten)]
+    pub common: CommonJson<'a>,
     /// Operation.
     pub operation: ArpOperationJson,
     /// Sender MAC.
@@ -687,18 +692,9 @@ pub struct ArpJson<'a> {
 
 /// Builds the JSON object of an ARP packet; serialize it with `serde_json`.
 pub fn arp_json<'a>(clock: &Clock, iface: &'a str, rec: &ArpRecord, a: &ArpAnalysis) -> ArpJson<'a> {
+    let ends = (fmt_mac(&rec.header.eth_src), fmt_mac(&rec.header.eth_dst));
     ArpJson {
-        time: clock.rfc3339(rec.header.ts_ns),
-        ts_ns: rec.header.ts_ns,
-        iface,
-        direction: direction_name(rec.header.direction),
-        hook: hook_name(rec.header.hook),
-        vlan: vlan_ids(&rec.header),
-        proto: "arp",
-        src: fmt_mac(&rec.header.eth_src),
-        dst: fmt_mac(&rec.header.eth_dst),
-        len: rec.header.wire_len,
-        summary: arp_summary(rec, a),
+        common: CommonJson::new(clock, iface, &rec.header, "arp", ends, arp_summary(rec, a)),
         operation: match rec.operation {
             ARP_REQUEST => ArpOperationJson::Word("request"),
             ARP_REPLY => ArpOperationJson::Word("reply"),
