@@ -18,7 +18,11 @@ fn main() -> anyhow::Result<()> {
         .as_str()
         .to_owned();
     aya_build::build_ebpf(
-        [aya_build::Package { name: "observer-ebpf", root_dir: &root_dir, ..Default::default() }],
+        [aya_build::Package {
+            name: "observer-ebpf",
+            root_dir: &root_dir,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }
