@@ -56,7 +56,8 @@ pub struct Finished {
     pub stderr: Vec<String>,
 }
 
-fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+/// Reads `r` line by line on a thread; the lines arrive on the returned channel, which closes at end of file.
+pub fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
         for line in BufReader::new(r).lines().map_while(Result::ok) {
@@ -66,6 +67,16 @@ fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
         }
     });
     rx
+}
+
+/// The lines left on `rx` until its writer closes; bounded, so a descendant still holding the pipe (a wrapper
+/// script's child, say) cannot hang the test.
+pub fn drain(rx: &mpsc::Receiver<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        out.push(line);
+    }
+    out
 }
 
 impl Agent {
@@ -128,9 +139,9 @@ impl Agent {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let status = self.child.wait()?;
-        let stdout: Vec<String> = self.stdout.iter().collect();
+        let stdout = drain(&self.stdout);
         let mut stderr = std::mem::take(&mut self.stderr_seen);
-        stderr.extend(self.stderr.iter());
+        stderr.extend(drain(&self.stderr));
         Ok(Finished {
             code: status.code(),
             stdout,

@@ -22,6 +22,19 @@ pub fn tool(test: &str, tool: &str) -> bool {
     found || unavailable(test, &format!("needs `{tool}` (`cargo xtask setup` installs it)"))
 }
 
+/// The running kernel's (major, minor) version, from /proc/sys/kernel/osrelease.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// Returns `true` when the kernel is at least `major.minor` (needed for `what`); otherwise skips or, in CI, panics.
+pub fn kernel(test: &str, major: u32, minor: u32, what: &str) -> bool {
+    kernel_version().is_some_and(|v| v >= (major, minor))
+        || unavailable(test, &format!("needs Linux {major}.{minor} or later for {what}"))
+}
+
 fn unavailable(test: &str, why: &str) -> bool {
     assert!(!in_ci(), "{test}: {why}; CI=true, so this is a failure, not a skip");
     eprintln!("skipped {test}: {why}");
