@@ -17,7 +17,7 @@ use aya::programs::{SchedClassifier, TcAttachType};
 use tests::{
     agent::{self, Agent, Finished},
     netns::{self, Netns, Pair},
-    require,
+    oracle, require,
 };
 
 /// Generous bound for anything the tests wait on (never asserted as a duration).
@@ -785,4 +785,75 @@ fn sigterm_detaches_and_reports() {
     assert!(counter(&f, "ingress") > 0 && counter(&f, "egress") > 0, "{f:#?}");
     let left = attached_after_exit(&pair.a, &pair.a_if);
     assert!(left.is_empty(), "still attached after SIGTERM: {left:?}");
+}
+
+/// Sends raw Ethernet frames out of `iface` in `ns` through an AF_PACKET socket.
+fn inject(ns: &Netns, iface: &str, frames: Vec<Vec<u8>>) {
+    let name = std::ffi::CString::new(iface).expect("interface name");
+    ns.enter(move || {
+        // SAFETY: plain socket calls on a socket this closure owns and closes; `addr` outlives every use.
+        unsafe {
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+            addr.sll_halen = 6;
+            for frame in &frames {
+                let sent = libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&raw const addr).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert_eq!(
+                    sent,
+                    frame.len() as isize,
+                    "sendto: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            libc::close(fd);
+        }
+    })
+    .expect("entering the sender namespace");
+}
+
+/// VLAN ids reach the record both ways a tag can arrive. At TC ingress the kernel has already moved the
+/// outer tag of a received frame into the skb's metadata (skb_vlan_untag runs before TC), so the record's
+/// first id comes from there and an inner one from the frame; at XDP both tags are still in the frame.
+/// The tagged frames are the oracle's, sent raw from the peer namespace over the test's own veth pair.
+#[test]
+fn vlan_ids_at_tc_and_xdp() {
+    const NAME: &str = "vlan_ids_at_tc_and_xdp";
+    if !require::root(NAME) {
+        return;
+    }
+    let pair = Pair::new("vl", 209).expect("namespaces");
+    for hook in ["tc", "xdp"] {
+        let mut agent =
+            Agent::start(&pair.a, &["--iface", &pair.a_if, "--hook", hook, "--json"]).expect("starting observer");
+        inject(&pair.b, &pair.b_if, vec![oracle::vlan_tcp(), oracle::double_vlan_tcp()]);
+        let mut seen = Vec::new();
+        // The double-tagged frame is sent last: once it is printed, the other one has passed the hook too.
+        agent.wait_for(|l| l.contains(r#""vlan":[200,100]"#), WAIT, &mut seen);
+        let mut f = agent.stop(libc::SIGINT).expect("stopping observer");
+        seen.append(&mut f.stdout);
+        f.stdout = seen;
+        assert_clean_exit(&f, &pair.a_if);
+        let vlans: Vec<serde_json::Value> = f
+            .stdout
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+            .filter(|r| r["proto"] == "tcp" && r["direction"] == "in")
+            .map(|r| r["vlan"].clone())
+            .collect();
+        assert_eq!(
+            vlans,
+            [serde_json::json!([100]), serde_json::json!([200, 100])],
+            "{hook}: {f:#?}"
+        );
+    }
 }
