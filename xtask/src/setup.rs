@@ -1,4 +1,5 @@
 //! `cargo xtask setup`: checks the build and test prerequisites and installs what is missing.
+//! It reports on stderr, so that `cargo xtask run -- --json` keeps stdout to the agent.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -53,9 +54,9 @@ pub fn setup() -> Result<()> {
     debian_tools(&mut outcome)?;
     let present = outcome.present.join(", ");
     match (outcome.acted, outcome.missing.is_empty()) {
-        (false, true) => println!("setup: all present ({present})"),
-        (true, true) => println!("setup: done ({present})"),
-        (_, false) => println!("setup: done; still missing {}", outcome.missing.join(", ")),
+        (false, true) => eprintln!("setup: all present ({present})"),
+        (true, true) => eprintln!("setup: done ({present})"),
+        (_, false) => eprintln!("setup: done; still missing {}", outcome.missing.join(", ")),
     }
     Ok(())
 }
@@ -82,7 +83,7 @@ fn rust_toolchains(outcome: &mut Outcome) -> Result<Nightly> {
         .filter_map(|l| l.split_whitespace().next())
         .any(is_plain_nightly)
     {
-        println!("setup: no nightly toolchain (the eBPF crate builds with it); installing");
+        eprintln!("setup: no nightly toolchain (the eBPF crate builds with it); installing");
         run(rustup().args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
         outcome.acted = true;
     }
@@ -99,7 +100,7 @@ fn rust_toolchains(outcome: &mut Outcome) -> Result<Nightly> {
     };
     let components = capture(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
     if !has_component(&components, "rust-src", &nightly.host) {
-        println!("setup: nightly lacks rust-src (needed by -Z build-std=core); adding");
+        eprintln!("setup: nightly lacks rust-src (needed by -Z build-std=core); adding");
         run(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
         outcome.acted = true;
     }
@@ -111,7 +112,7 @@ fn rust_toolchains(outcome: &mut Outcome) -> Result<Nightly> {
         .filter(|c| !has_component(&active, c, &nightly.host))
         .collect();
     if !lacking.is_empty() {
-        println!(
+        eprintln!(
             "setup: the build toolchain lacks {} (used by `cargo xtask test`); adding",
             lacking.join(", ")
         );
@@ -169,7 +170,7 @@ fn bpf_linker(nightly: &Nightly, outcome: &mut Outcome) -> Result<()> {
         Some(found) => linker_mismatch(&found, &installed, want)?,
     };
     if let Some(reason) = mismatch {
-        println!(
+        eprintln!(
             "setup: bpf-linker {reason}; nightly's LLVM {llvm} needs bpf-linker {} ({}); installing (about 90 s)",
             want.version, want.feature
         );
@@ -277,14 +278,14 @@ fn debian_tools(outcome: &mut Outcome) -> Result<()> {
     let list = cmd::words(&packages);
     if !cmd::is_root() || which("apt-get", SBIN).is_none() {
         let why = if cmd::is_root() { "no apt-get here" } else { "not root" };
-        println!(
+        eprintln!(
             "setup: missing Debian packages {list}; {why}, so install them yourself \
              (`sudo apt-get install -y {list}`); the tests that need them will report"
         );
         outcome.missing.extend(packages.iter().map(|p| p.to_string()));
         return Ok(());
     }
-    println!("setup: installing missing Debian packages: {list}");
+    eprintln!("setup: installing missing Debian packages: {list}");
     run(Command::new("apt-get").arg("update"))?;
     if packages.contains(&"tshark") && which("debconf-set-selections", SBIN).is_some() {
         cmd::run_with_input(
