@@ -20,7 +20,7 @@ use observer_common::{
     config::MODE_CONTROL,
     mem::clear,
     parse::{Frame, Payload, parse_arp, parse_link, parse_tcp},
-    record::{ArpRecord, DIR_EGRESS, DIR_INGRESS, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP, RecordHeader, TcpRecord},
+    record::{ArpRecord, DIR_EGRESS, DIR_INGRESS, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP, RecordHeader},
 };
 
 use crate::{

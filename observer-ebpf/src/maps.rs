@@ -46,6 +46,10 @@ pub static SCRATCH_TCP: PerCpuArray<TcpScratch> = PerCpuArray::with_max_entries(
 pub static SCRATCH_ARP: PerCpuArray<ArpRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// This CPU's scratch slot of `map`.
+#[allow(
+    clippy::mut_from_ref,
+    reason = "a per-CPU map hands out this CPU's slot; one program run at a time uses it"
+)]
 #[inline(always)]
 pub fn scratch<T>(map: &'static PerCpuArray<T>) -> Option<&'static mut T> {
     let p = map.get_ptr_mut(0)?;
@@ -86,16 +90,16 @@ pub fn emit<T: Copy + 'static>(rec: &T, discard: bool) -> Result<Counter, Counte
 pub fn control_allows(rec: &TcpRecord) -> bool {
     let (key, from_lo) = FlowKey::of(rec);
     // SAFETY: the value is copied out before any update of the same key.
-    let state = unsafe { CONTROL_FLOWS.get(&key) }.copied();
+    let state = unsafe { CONTROL_FLOWS.get(key) }.copied();
     let d = decide(rec, from_lo, state);
     match d.update {
         Update::Keep => {}
         Update::Store(s) => {
             // A full LRU map evicts an old flow; nothing to count.
-            let _ = CONTROL_FLOWS.insert(&key, &s, 0);
+            let _ = CONTROL_FLOWS.insert(key, s, 0);
         }
         Update::Delete => {
-            let _ = CONTROL_FLOWS.remove(&key);
+            let _ = CONTROL_FLOWS.remove(key);
         }
     }
     d.emit

@@ -99,12 +99,21 @@ fn rust_toolchains(outcome: &mut Outcome) -> Result<Nightly> {
         llvm: field("LLVM version:")?,
     };
     let components = capture(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
-    if !has_component(&components, "rust-src", &nightly.host) {
-        eprintln!("setup: nightly lacks rust-src (needed by -Z build-std=core); adding");
-        run(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    let lacking: Vec<&str> = ["rust-src", "clippy"]
+        .into_iter()
+        .filter(|c| !has_component(&components, c, &nightly.host))
+        .collect();
+    if !lacking.is_empty() {
+        eprintln!(
+            "setup: nightly lacks {} (rust-src for -Z build-std=core, clippy for the eBPF crate's lint); adding",
+            lacking.join(", ")
+        );
+        run(rustup()
+            .args(["component", "add", "--toolchain", "nightly"])
+            .args(&lacking))?;
         outcome.acted = true;
     }
-    outcome.present.push("nightly with rust-src".into());
+    outcome.present.push("nightly with rust-src and clippy".into());
 
     let active = capture(rustup().args(["component", "list", "--installed"]))?;
     let lacking: Vec<&str> = ["clippy", "rustfmt"]

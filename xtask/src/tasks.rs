@@ -1,6 +1,6 @@
 //! The build, run, test and bench tasks; each runs `setup` first.
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
@@ -74,6 +74,8 @@ pub fn test() -> Result<()> {
                 "warnings",
             ]),
         ),
+        // The eBPF crate only builds for its BPF target, with nightly: lint it there.
+        ("clippy (eBPF crate)", ebpf_clippy(&target_dir()?)),
         ("rustfmt check", cargo_with(&["fmt", "--all", "--", "--check"])),
     ];
     let mut passed = Vec::new();
@@ -101,6 +103,32 @@ pub fn test() -> Result<()> {
     }
     println!("test: all passed ({passed})");
     Ok(())
+}
+
+/// `cargo clippy` of observer-ebpf with nightly for bpfel-unknown-none, in a target directory of its own.
+fn ebpf_clippy(target: &Path) -> Command {
+    let mut command = Command::new("rustup");
+    command
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+        ])
+        .args([
+            "-Z",
+            "build-std=core",
+            "--manifest-path",
+            "observer-ebpf/Cargo.toml",
+            "--target-dir",
+        ])
+        .arg(target.join("ebpf-clippy"))
+        .args(["--", "-D", "warnings"])
+        .current_dir(cmd::workspace_root());
+    command
 }
 
 fn cargo_with(args: &[&str]) -> Command {
