@@ -177,15 +177,9 @@ impl Capture {
 
     /// Replaces the configuration the programs read.
     pub fn set_config(&mut self, config: &Config) -> Result<(), CaptureError> {
-        let map = |source| CaptureError::Map {
-            map: CONFIG_MAP,
-            source,
-        };
-        let raw = self.ebpf.map_mut(CONFIG_MAP).ok_or(map(MapError::InvalidName {
-            name: CONFIG_MAP.into(),
-        }))?;
-        let mut array: Array<_, Config> = Array::try_from(raw).map_err(map)?;
-        array.set(0, config, 0).map_err(map)
+        let raw = self.ebpf.map_mut(CONFIG_MAP).ok_or_else(|| missing_map(CONFIG_MAP))?;
+        let mut array: Array<_, Config> = Array::try_from(raw).map_err(map_error(CONFIG_MAP))?;
+        array.set(0, config, 0).map_err(map_error(CONFIG_MAP))
     }
 
     /// Starts forwarding the programs' aya-log diagnostics to the `log` crate; read it when its fd is readable.
@@ -309,25 +303,14 @@ impl Capture {
 
     /// Takes the ring buffer all records arrive in (once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
-        let map = |source| CaptureError::Map {
-            map: EVENTS_MAP,
-            source,
-        };
-        let raw = self.ebpf.take_map(EVENTS_MAP).ok_or(map(MapError::InvalidName {
-            name: EVENTS_MAP.into(),
-        }))?;
-        RingBuf::try_from(raw).map_err(map)
+        let raw = self.ebpf.take_map(EVENTS_MAP).ok_or_else(|| missing_map(EVENTS_MAP))?;
+        RingBuf::try_from(raw).map_err(map_error(EVENTS_MAP))
     }
 
     /// Reads every counter, summed over CPUs.
     pub fn counters(&self) -> Result<Counters, CaptureError> {
-        let raw = self
-            .ebpf
-            .map(COUNTERS_MAP)
-            .ok_or(counters_error(MapError::InvalidName {
-                name: COUNTERS_MAP.into(),
-            }))?;
-        read_counters(PerCpuArray::try_from(raw).map_err(counters_error)?)
+        let raw = self.ebpf.map(COUNTERS_MAP).ok_or_else(|| missing_map(COUNTERS_MAP))?;
+        read_counters(PerCpuArray::try_from(raw).map_err(map_error(COUNTERS_MAP))?)
     }
 
     /// Detaches and unloads every program, then reads the final counters.
@@ -335,28 +318,30 @@ impl Capture {
         let raw = self
             .ebpf
             .take_map(COUNTERS_MAP)
-            .ok_or(counters_error(MapError::InvalidName {
-                name: COUNTERS_MAP.into(),
-            }))?;
-        let counters: PerCpuArray<MapData, CounterValues> = PerCpuArray::try_from(raw).map_err(counters_error)?;
+            .ok_or_else(|| missing_map(COUNTERS_MAP))?;
+        let counters: PerCpuArray<MapData, CounterValues> =
+            PerCpuArray::try_from(raw).map_err(map_error(COUNTERS_MAP))?;
         // Dropping the object detaches its links (TCX, XDP and netlink filters alike).
         drop(self.ebpf);
         read_counters(counters)
     }
 }
 
-fn counters_error(source: MapError) -> CaptureError {
-    CaptureError::Map {
-        map: COUNTERS_MAP,
-        source,
-    }
+/// Wraps a map operation's error with the map's name.
+fn map_error(map: &'static str) -> impl Fn(MapError) -> CaptureError {
+    move |source| CaptureError::Map { map, source }
+}
+
+/// The error for a map the object does not have.
+fn missing_map(map: &'static str) -> CaptureError {
+    map_error(map)(MapError::InvalidName { name: map.into() })
 }
 
 fn read_counters<T: std::borrow::Borrow<MapData>>(
     array: PerCpuArray<T, CounterValues>,
 ) -> Result<Counters, CaptureError> {
     let mut values = [0u64; COUNTER_COUNT as usize];
-    for cpu in array.get(&0, 0).map_err(counters_error)?.iter() {
+    for cpu in array.get(&0, 0).map_err(map_error(COUNTERS_MAP))?.iter() {
         for (v, c) in values.iter_mut().zip(cpu) {
             *v += c;
         }
