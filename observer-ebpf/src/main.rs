@@ -53,7 +53,7 @@ pub fn xdp_ingress(ctx: XdpContext) -> u32 {
     // aya-log's AYA_LOG_LEVEL global (0 unless --ebpf-log) turns these off; the verifier prunes them then.
     match result {
         Ok(_) => debug!(&ctx, "xdp: record emitted"),
-        Err(c) => debug!(&ctx, "xdp: no record, counter {}", c as u32),
+        Err(c) => debug!(&ctx, "xdp: no record: {}", c.name()),
     }
     xdp_action::XDP_PASS
 }
@@ -72,7 +72,7 @@ fn tc(ctx: &TcContext, hook: u8, direction: u8, seen: Counter) {
     count(seen, outcome(result));
     match result {
         Ok(_) => debug!(ctx, "tc hook {}: record emitted", hook),
-        Err(c) => debug!(ctx, "tc hook {}: no record, counter {}", hook, c as u32),
+        Err(c) => debug!(ctx, "tc hook {}: no record: {}", hook, c.name()),
     }
 }
 

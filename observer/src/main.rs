@@ -14,14 +14,14 @@ fn main() -> ExitCode {
         None => cli.watch.ebpf_log,
         Some(Command::Watch(args)) => args.ebpf_log,
     };
-    // The kernel programs' aya-log records arrive through the `log` crate.
-    env_logger::Builder::new()
-        .filter_level(if ebpf_log {
-            log::LevelFilter::Debug
-        } else {
-            log::LevelFilter::Warn
-        })
-        .init();
+    // The kernel programs' aya-log records arrive through the `log` crate with the target `observer`; aya's
+    // own debug output stays off.
+    let mut logger = env_logger::Builder::new();
+    logger.filter_level(log::LevelFilter::Warn);
+    if ebpf_log {
+        logger.filter_module("observer", log::LevelFilter::Debug);
+    }
+    logger.init();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::Error::from(e).context("starting the tokio runtime")),

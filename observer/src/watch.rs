@@ -91,8 +91,12 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
 
     let counters = capture.detach()?;
     // Records submitted before the programs went away are still worth printing.
-    drain(ring.get_mut(), &mut renderer, &mut out, &mut stats, None);
+    drain(ring.get_mut(), &mut renderer, &mut out, &mut stats, args.count);
     let _ = out.flush();
+    if let Some(logger) = logger.as_mut() {
+        // Log records the loop had no turn to read.
+        logger.get_mut().flush();
+    }
     eprintln!("observer: detached from {iface}");
     eprint!("{}", report(&counters, &stats));
     Ok(())
@@ -115,7 +119,7 @@ fn drain(
     limit: Option<u64>,
 ) -> bool {
     while let Some(item) = ring.next() {
-        if stats.output_closed {
+        if stats.output_closed || limit.is_some_and(|n| stats.events >= n) {
             continue;
         }
         let event: Event = match events::decode(&item) {

@@ -138,6 +138,22 @@ impl Agent {
     pub fn stop(&mut self, signal: i32) -> anyhow::Result<Finished> {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.finish()
+    }
+
+    /// Waits for an agent that ends by itself (`--count`), at most `timeout`, and collects its output.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Finished> {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.child.try_wait()?.is_none() {
+            if std::time::Instant::now() > deadline {
+                bail!("observer did not exit within {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        self.finish()
+    }
+
+    fn finish(&mut self) -> anyhow::Result<Finished> {
         let status = self.child.wait()?;
         let stdout = drain(&self.stdout);
         let mut stderr = std::mem::take(&mut self.stderr_seen);

@@ -857,3 +857,36 @@ fn vlan_ids_at_tc_and_xdp() {
         );
     }
 }
+
+/// `--count N` ends the run by itself after exactly N lines, and `--ebpf-log` shows the programs' own
+/// diagnostics (with counter names) and nothing of aya's.
+#[test]
+fn count_and_ebpf_log() {
+    const NAME: &str = "count_and_ebpf_log";
+    if !require::root(NAME) {
+        return;
+    }
+    let pair = Pair::new("ct", 210).expect("namespaces");
+    let mut agent =
+        Agent::start(&pair.a, &["--iface", &pair.a_if, "--count", "3", "--ebpf-log"]).expect("starting observer");
+    talk(&pair, &pair.b_addr, PORT, 2);
+    let f = agent.wait_exit(WAIT).expect("observer ends after --count events");
+    assert_eq!(f.code, Some(0), "{f:#?}");
+    assert_eq!(f.stdout.len(), 3, "{f:#?}");
+    assert!(
+        f.stderr
+            .iter()
+            .any(|l| l.starts_with("records: ") && l.ends_with(" emitted, 3 printed, 0 undecodable")),
+        "{f:#?}"
+    );
+    let logs: Vec<&String> = f.stderr.iter().filter(|l| l.starts_with('[')).collect();
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with("[DEBUG observer] tc hook") && l.ends_with("record emitted")),
+        "{f:#?}"
+    );
+    assert!(
+        logs.iter().all(|l| l.starts_with("[DEBUG observer] ")),
+        "only the programs' logs: {logs:#?}"
+    );
+}
