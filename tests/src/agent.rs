@@ -129,11 +129,6 @@ impl Agent {
         false
     }
 
-    /// Process id of the agent (of `ip netns exec`, which execs into observer).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Sends `signal`, waits for exit and collects the output not yet read.
     pub fn stop(&mut self, signal: i32) -> anyhow::Result<Finished> {
         // SAFETY: kill(2) on our own child.

@@ -98,38 +98,52 @@ fn rust_toolchains(outcome: &mut Outcome) -> Result<Nightly> {
         host: field("host:")?,
         llvm: field("LLVM version:")?,
     };
-    let components = capture(rustup().args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
-    let lacking: Vec<&str> = ["rust-src", "clippy"]
-        .into_iter()
-        .filter(|c| !has_component(&components, c, &nightly.host))
-        .collect();
-    if !lacking.is_empty() {
-        eprintln!(
-            "setup: nightly lacks {} (rust-src for -Z build-std=core, clippy for the eBPF crate's lint); adding",
-            lacking.join(", ")
-        );
-        run(rustup()
-            .args(["component", "add", "--toolchain", "nightly"])
-            .args(&lacking))?;
-        outcome.acted = true;
-    }
+    components(
+        Some("nightly"),
+        &["rust-src", "clippy"],
+        "rust-src for -Z build-std=core, clippy for the eBPF crate's lint",
+        &nightly.host,
+        outcome,
+    )?;
     outcome.present.push("nightly with rust-src and clippy".into());
-
-    let active = capture(rustup().args(["component", "list", "--installed"]))?;
-    let lacking: Vec<&str> = ["clippy", "rustfmt"]
-        .into_iter()
-        .filter(|c| !has_component(&active, c, &nightly.host))
-        .collect();
-    if !lacking.is_empty() {
-        eprintln!(
-            "setup: the build toolchain lacks {} (used by `cargo xtask test`); adding",
-            lacking.join(", ")
-        );
-        run(rustup().args(["component", "add"]).args(&lacking))?;
-        outcome.acted = true;
-    }
+    components(
+        None,
+        &["clippy", "rustfmt"],
+        "used by `cargo xtask test`",
+        &nightly.host,
+        outcome,
+    )?;
     outcome.present.push("clippy, rustfmt".into());
     Ok(nightly)
+}
+
+/// Adds the `wanted` components that `toolchain` (the active one if `None`) lacks; `why` goes into the message.
+fn components(toolchain: Option<&str>, wanted: &[&str], why: &str, host: &str, outcome: &mut Outcome) -> Result<()> {
+    let with_toolchain = |cmd: &mut Command| {
+        if let Some(t) = toolchain {
+            cmd.args(["--toolchain", t]);
+        }
+    };
+    let mut list = rustup();
+    list.args(["component", "list", "--installed"]);
+    with_toolchain(&mut list);
+    let installed = capture(&mut list)?;
+    let lacking: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|c| !has_component(&installed, c, host))
+        .collect();
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    let name = toolchain.unwrap_or("the build toolchain");
+    eprintln!("setup: {name} lacks {} ({why}); adding", lacking.join(", "));
+    let mut add = rustup();
+    add.args(["component", "add"]);
+    with_toolchain(&mut add);
+    run(add.args(&lacking))?;
+    outcome.acted = true;
+    Ok(())
 }
 
 /// `nightly-<host>`, not a dated `nightly-YYYY-MM-DD-<host>` (aya-build runs `rustup run nightly`).
