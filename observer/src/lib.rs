@@ -7,4 +7,5 @@ pub mod events;
 pub mod flows;
 pub mod preflight;
 pub mod render;
+pub mod sockets;
 pub mod watch;

@@ -1,0 +1,1 @@
+//! sock_diag netlink client (being written).

@@ -1,0 +1,1 @@
+//! Process attribution: socket inode to pid and command (being written).

@@ -1,0 +1,1 @@
+//! /proc/net/tcp and /proc/net/tcp6 parser (being written).

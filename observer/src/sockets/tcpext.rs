@@ -1,0 +1,1 @@
+//! TcpExt counters from /proc/net/netstat and the listen limits (being written).
