@@ -1,4 +1,4 @@
-//! Per-CPU counters: every packet a hook sees ends in exactly one outcome counter.
+//! Per-CPU counters: every packet a hook sees and every socket tracepoint call ends in exactly one outcome counter.
 
 /// Name of the single-entry `PerCpuArray<CounterValues>` map holding the counters.
 pub const COUNTERS_MAP: &str = "COUNTERS";
@@ -43,10 +43,36 @@ pub enum Counter {
     TooManyVlanTags,
     /// Malformed: more than six IPv6 extension headers.
     TooManyExtHeaders,
+    /// Socket programs: `inet_sock_set_state` calls.
+    SockSeenState,
+    /// Socket programs: `tcp_retransmit_synack` calls.
+    SockSeenRetransmitSynack,
+    /// Socket programs: `tcp_retransmit_skb` calls.
+    SockSeenRetransmitSkb,
+    /// Socket programs: `tcp_send_reset` calls.
+    SockSeenSendReset,
+    /// Socket programs: `tcp_receive_reset` calls.
+    SockSeenReceiveReset,
+    /// Socket programs: `tcp_destroy_sock` calls.
+    SockSeenDestroy,
+    /// Socket programs: `sock_rcvqueue_full` calls.
+    SockSeenRcvqFull,
+    /// Socket programs: `kfree_skb` calls (every dropped skb, TCP or not).
+    SockSeenDrop,
+    /// Socket events submitted to the ring buffer.
+    SockEmitted,
+    /// Socket events lost because the ring buffer was full.
+    SockRingFull,
+    /// Socket events of another network namespace (or of none that could be told), left out.
+    SockOtherNetns,
+    /// Socket events on sockets or skbs that are not TCP over IPv4/IPv6, left out.
+    SockNotTcp,
+    /// Socket events left out because a kernel read (bpf_probe_read_kernel) failed or the offsets were not set.
+    SockUnreadable,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: u32 = Counter::TooManyExtHeaders as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::SockUnreadable as u32 + 1;
 
 /// One CPU's counters, indexed by [`Counter`]: one map lookup serves every increment of a packet.
 pub type CounterValues = [u64; COUNTER_COUNT as usize];
@@ -72,6 +98,19 @@ impl Counter {
         Counter::OptionOverrun,
         Counter::TooManyVlanTags,
         Counter::TooManyExtHeaders,
+        Counter::SockSeenState,
+        Counter::SockSeenRetransmitSynack,
+        Counter::SockSeenRetransmitSkb,
+        Counter::SockSeenSendReset,
+        Counter::SockSeenReceiveReset,
+        Counter::SockSeenDestroy,
+        Counter::SockSeenRcvqFull,
+        Counter::SockSeenDrop,
+        Counter::SockEmitted,
+        Counter::SockRingFull,
+        Counter::SockOtherNetns,
+        Counter::SockNotTcp,
+        Counter::SockUnreadable,
     ];
 
     /// Stable snake_case name, used in the exit report and the JSON output.
@@ -95,6 +134,19 @@ impl Counter {
             Counter::OptionOverrun => "malformed_option_overrun",
             Counter::TooManyVlanTags => "malformed_too_many_vlan_tags",
             Counter::TooManyExtHeaders => "malformed_too_many_ext_headers",
+            Counter::SockSeenState => "sock_seen_state",
+            Counter::SockSeenRetransmitSynack => "sock_seen_retransmit_synack",
+            Counter::SockSeenRetransmitSkb => "sock_seen_retransmit_skb",
+            Counter::SockSeenSendReset => "sock_seen_send_reset",
+            Counter::SockSeenReceiveReset => "sock_seen_receive_reset",
+            Counter::SockSeenDestroy => "sock_seen_destroy",
+            Counter::SockSeenRcvqFull => "sock_seen_rcvq_full",
+            Counter::SockSeenDrop => "sock_seen_drop",
+            Counter::SockEmitted => "sock_events_emitted",
+            Counter::SockRingFull => "sock_events_dropped_ring_full",
+            Counter::SockOtherNetns => "sock_other_netns",
+            Counter::SockNotTcp => "sock_not_tcp",
+            Counter::SockUnreadable => "sock_unreadable",
         }
     }
 

@@ -10,6 +10,7 @@ pub mod counter;
 pub mod mem;
 pub mod parse;
 pub mod record;
+pub mod sock;
 
 pub use config::Config;
 pub use counter::Counter;

@@ -1,18 +1,20 @@
-//! observer's kernel programs: thin TC and XDP entry points around `observer_common::parse`.
+//! observer's kernel programs: thin TC and XDP entry points around `observer_common::parse`, and tp_btf
+//! programs on the TCP tracepoints around `sock`.
 //!
-//! Every program passes the packet on unchanged; what it saw becomes one record in `EVENTS` or one
-//! per-CPU counter in `COUNTERS`.
+//! Every packet program passes the packet on unchanged; what a program saw becomes one record in `EVENTS` or
+//! one per-CPU counter in `COUNTERS`.
 #![no_std]
 #![no_main]
 
 mod frame;
 mod maps;
+mod sock;
 
 use aya_ebpf::{
     bindings::{TC_ACT_UNSPEC, xdp_action},
     helpers::bpf_ktime_get_boot_ns,
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{btf_tracepoint, classifier, xdp},
+    programs::{BtfTracePointContext, TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
 use observer_common::{
@@ -21,11 +23,16 @@ use observer_common::{
     mem::clear,
     parse::{Frame, Payload, parse_arp, parse_link, parse_tcp},
     record::{ArpRecord, DIR_EGRESS, DIR_INGRESS, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP, RecordHeader},
+    sock::{
+        SOCK_EV_DESTROY, SOCK_EV_DROP, SOCK_EV_RCVQ_FULL, SOCK_EV_RECEIVE_RESET, SOCK_EV_RETRANSMIT_SKB,
+        SOCK_EV_RETRANSMIT_SYNACK, SOCK_EV_SEND_RESET, SOCK_EV_STATE,
+    },
 };
 
 use crate::{
     frame::Packet,
     maps::{CONFIG, SCRATCH_ARP, SCRATCH_TCP, TcpScratch, control_allows, count, emit, scratch},
+    sock::{Extra, listener_row, on_reset, on_skb, on_sock, on_synack},
 };
 
 /// TC ingress: parse and report every frame the interface receives.
@@ -127,6 +134,123 @@ fn stamp(h: &mut RecordHeader, hook: u8, direction: u8, ifindex: u32) {
     h.hook = hook;
     h.direction = direction;
     h.ifindex = ifindex;
+}
+
+/// `inet_sock_set_state(sk, oldstate, newstate)`: every state change of a TCP socket.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn sock_state(ctx: BtfTracePointContext) -> i32 {
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let extra = Extra {
+        old_state: old as u8,
+        new_state: Some(new as u8),
+        tcp_only: true,
+        ..Extra::event(SOCK_EV_STATE)
+    };
+    sock_done(&ctx, Counter::SockSeenState, on_sock(ctx.arg(0), extra))
+}
+
+/// `tcp_retransmit_synack(sk, req)`: a listener resent the SYN-ACK of a request sock.
+#[btf_tracepoint(function = "tcp_retransmit_synack")]
+pub fn sock_retransmit_synack(ctx: BtfTracePointContext) -> i32 {
+    let result = on_synack(ctx.arg(0), ctx.arg(1), Extra::event(SOCK_EV_RETRANSMIT_SYNACK));
+    sock_done(&ctx, Counter::SockSeenRetransmitSynack, result)
+}
+
+/// `tcp_retransmit_skb(sk, skb, err)`: a segment was retransmitted.
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn sock_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
+    let err: i32 = ctx.arg(2);
+    let extra = Extra {
+        reason: Some(err as u32),
+        ..Extra::event(SOCK_EV_RETRANSMIT_SKB)
+    };
+    sock_done(&ctx, Counter::SockSeenRetransmitSkb, on_sock(ctx.arg(0), extra))
+}
+
+/// `tcp_send_reset(sk, skb, reason)`: a RST went out; `sk` and `skb` may each be NULL.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn sock_send_reset(ctx: BtfTracePointContext) -> i32 {
+    let reason: u32 = ctx.arg(2);
+    let extra = Extra {
+        reason: Some(reason),
+        ..Extra::event(SOCK_EV_SEND_RESET)
+    };
+    sock_done(
+        &ctx,
+        Counter::SockSeenSendReset,
+        on_reset(ctx.arg(0), ctx.arg(1), extra),
+    )
+}
+
+/// `tcp_receive_reset(sk)`: a RST reset the socket.
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn sock_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    let result = on_sock(ctx.arg(0), Extra::event(SOCK_EV_RECEIVE_RESET));
+    sock_done(&ctx, Counter::SockSeenReceiveReset, result)
+}
+
+/// `tcp_destroy_sock(sk)`: the socket is freed.
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn sock_destroy(ctx: BtfTracePointContext) -> i32 {
+    let result = on_sock(ctx.arg(0), Extra::event(SOCK_EV_DESTROY));
+    sock_done(&ctx, Counter::SockSeenDestroy, result)
+}
+
+/// `sock_rcvqueue_full(sk, skb)`: a segment found the receive queue full (any protocol; TCP kept).
+#[btf_tracepoint(function = "sock_rcvqueue_full")]
+pub fn sock_rcvqueue_full(ctx: BtfTracePointContext) -> i32 {
+    let extra = Extra {
+        tcp_only: true,
+        ..Extra::event(SOCK_EV_RCVQ_FULL)
+    };
+    sock_done(&ctx, Counter::SockSeenRcvqFull, on_sock(ctx.arg(0), extra))
+}
+
+/// `kfree_skb(skb, location, reason, rx_sk)`: an skb was dropped (any protocol; TCP segments kept).
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn sock_drop(ctx: BtfTracePointContext) -> i32 {
+    let reason: u32 = ctx.arg(2);
+    let extra = Extra {
+        reason: Some(reason),
+        ..Extra::event(SOCK_EV_DROP)
+    };
+    sock_done(&ctx, Counter::SockSeenDrop, on_skb(ctx.arg(0), ctx.arg(3), extra))
+}
+
+/// The context of an `iter/tcp` program (`struct bpf_iter__tcp`).
+#[repr(C)]
+pub struct IterTcp {
+    /// `struct bpf_iter_meta *`, whose first member is the `seq_file`.
+    meta: *const *mut aya_ebpf::bindings::seq_file,
+    /// The socket visited; NULL on the final call.
+    sk_common: *const u8,
+    /// The socket's owner.
+    uid: u32,
+}
+
+/// `iter/tcp`: one `ListenerRecord` per LISTEN socket of the reading process's network namespace.
+///
+/// # Safety
+/// Only the kernel calls it, with a valid `bpf_iter__tcp` whose `meta` is never NULL.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub unsafe extern "C" fn listener_queues(ctx: *const IterTcp) -> i32 {
+    // SAFETY: see above; the verifier checks both loads against the context's BTF.
+    let (seq, sk, uid) = unsafe { (*(*ctx).meta, (*ctx).sk_common, (*ctx).uid) };
+    // A failed read or write leaves the row out; the reader sees fewer rows, never a torn one.
+    let _ = listener_row(seq, sk, uid);
+    0
+}
+
+/// Counts a socket program's run and its outcome; tp_btf programs return 0.
+#[inline(always)]
+fn sock_done(ctx: &BtfTracePointContext, seen: Counter, result: Result<Counter, Counter>) -> i32 {
+    count(seen, outcome(result));
+    if let Err(c) = result {
+        debug!(ctx, "socket event {}: not emitted: {}", seen.name(), c.name());
+    }
+    0
 }
 
 #[cfg(not(test))]

@@ -10,6 +10,7 @@ use observer_common::{
     counter::CounterValues,
     parse::OptionBuf,
     record::{ArpRecord, RING_BYTES, TcpRecord},
+    sock::SockConfig,
 };
 
 /// Every record, in one ring buffer.
@@ -23,6 +24,10 @@ pub static COUNTERS: PerCpuArray<CounterValues> = PerCpuArray::with_max_entries(
 /// The agent's configuration (one entry).
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Kernel structure offsets and the network namespace for the socket programs (one entry).
+#[map]
+pub static SOCK_CONFIG: Array<SockConfig> = Array::with_max_entries(1, 0);
 
 /// Flows in handshake or teardown, for control-only mode.
 #[map]

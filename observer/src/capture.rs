@@ -134,6 +134,9 @@ pub enum CaptureError {
         #[source]
         source: tc::TcError,
     },
+    /// The socket-event programs could not be set up (see `crate::kevents`).
+    #[error(transparent)]
+    SockEvents(#[from] crate::kevents::SockSetupError),
 }
 
 fn load_hint(e: &EbpfError) -> &'static str {
@@ -149,8 +152,8 @@ fn load_hint(e: &EbpfError) -> &'static str {
 
 /// The loaded programs and their maps.
 pub struct Capture {
-    ebpf: Ebpf,
-    attached: Vec<&'static str>,
+    pub(crate) ebpf: Ebpf,
+    pub(crate) attached: Vec<&'static str>,
 }
 
 impl Capture {
@@ -328,12 +331,12 @@ impl Capture {
 }
 
 /// Wraps a map operation's error with the map's name.
-fn map_error(map: &'static str) -> impl Fn(MapError) -> CaptureError {
+pub(crate) fn map_error(map: &'static str) -> impl Fn(MapError) -> CaptureError {
     move |source| CaptureError::Map { map, source }
 }
 
 /// The error for a map the object does not have.
-fn missing_map(map: &'static str) -> CaptureError {
+pub(crate) fn missing_map(map: &'static str) -> CaptureError {
     map_error(map)(MapError::InvalidName { name: map.into() })
 }
 
@@ -349,7 +352,7 @@ fn read_counters<T: std::borrow::Borrow<MapData>>(
     Ok(Counters(values))
 }
 
-fn verifier_error(program: &'static str, e: ProgramError) -> CaptureError {
+pub(crate) fn verifier_error(program: &'static str, e: ProgramError) -> CaptureError {
     match e {
         ProgramError::LoadError { io_error, verifier_log } => {
             let log = std::env::temp_dir().join(format!("observer-{program}.verifier.log"));

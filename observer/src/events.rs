@@ -2,7 +2,10 @@
 
 use core::mem::size_of;
 
-use observer_common::record::{ArpRecord, KIND_ARP, KIND_OFFSET, KIND_TCP, RecordHeader, TcpRecord};
+use observer_common::{
+    record::{ArpRecord, KIND_ARP, KIND_OFFSET, KIND_TCP, RecordHeader, TcpRecord},
+    sock::{KIND_SOCK, SockRecord},
+};
 
 /// One record read from the ring buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -11,14 +14,26 @@ pub enum Event {
     Tcp(TcpRecord),
     /// An ARP packet.
     Arp(ArpRecord),
+    /// A kernel socket event (see `crate::kevents`).
+    Sock(SockRecord),
 }
 
 impl Event {
-    /// The header common to every record.
-    pub fn header(&self) -> &RecordHeader {
+    /// The packet header of a packet record (`None` for a socket event).
+    pub fn header(&self) -> Option<&RecordHeader> {
         match self {
-            Event::Tcp(r) => &r.header,
-            Event::Arp(r) => &r.header,
+            Event::Tcp(r) => Some(&r.header),
+            Event::Arp(r) => Some(&r.header),
+            Event::Sock(_) => None,
+        }
+    }
+
+    /// `bpf_ktime_get_boot_ns()` when the program ran, for every kind of record.
+    pub fn ts_ns(&self) -> u64 {
+        match self {
+            Event::Tcp(r) => r.header.ts_ns,
+            Event::Arp(r) => r.header.ts_ns,
+            Event::Sock(r) => r.ts_ns,
         }
     }
 }
@@ -72,6 +87,13 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 core::ptr::read_unaligned(bytes.as_ptr().cast::<ArpRecord>())
             }))
         }
+        KIND_SOCK => {
+            check_len(kind, len, size_of::<SockRecord>())?;
+            // SAFETY: as above, for SockRecord.
+            Ok(Event::Sock(unsafe {
+                core::ptr::read_unaligned(bytes.as_ptr().cast::<SockRecord>())
+            }))
+        }
         _ => Err(DecodeError::UnknownKind { kind, len }),
     }
 }
@@ -102,7 +124,29 @@ mod tests {
         rec.seq = 0xdead_beef;
         let bytes = bytes_of(&rec);
         assert_eq!(decode(&bytes), Ok(Event::Tcp(rec)));
-        assert_eq!(decode(&bytes).unwrap().header().ts_ns, 42);
+        assert_eq!(decode(&bytes).unwrap().ts_ns(), 42);
+        assert_eq!(decode(&bytes).unwrap().header().map(|h| h.ts_ns), Some(42));
+    }
+
+    #[test]
+    fn decodes_socket_event() {
+        let rec = SockRecord {
+            kind: KIND_SOCK,
+            ts_ns: 7,
+            event: observer_common::sock::SOCK_EV_STATE,
+            old_state: 2,
+            state: 1,
+            sport: 40000,
+            ..SockRecord::default()
+        };
+        let bytes = bytes_of(&rec);
+        let event = decode(&bytes).unwrap();
+        assert_eq!(event, Event::Sock(rec));
+        assert_eq!((event.ts_ns(), event.header()), (7, None));
+        assert!(matches!(
+            decode(&bytes[..64]),
+            Err(DecodeError::WrongLength { kind: KIND_SOCK, .. })
+        ));
     }
 
     #[test]

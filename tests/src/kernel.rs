@@ -126,15 +126,18 @@ impl Run {
     pub fn outcome(&self, seen: Counter) -> Result<Result<Parsed, Counter>, String> {
         let others: Vec<(Counter, u64)> = self.rose.iter().copied().filter(|(c, _)| *c != seen).collect();
         match (self.events.as_slice(), others.as_slice()) {
-            ([event], [(Counter::Emitted, 1)]) => Ok(Ok(kernel_fields_cleared(event))),
+            ([event], [(Counter::Emitted, 1)]) => kernel_fields_cleared(event)
+                .map(Ok)
+                .ok_or_else(|| format!("a packet program emitted a non-packet record {event:?}")),
             ([], [(counter, 1)]) if *counter != Counter::Emitted => Ok(Err(*counter)),
             _ => Err(format!("records {:?} with counters {:?}", self.events.len(), self.rose)),
         }
     }
 }
 
-/// The record as the host parser would produce it: time, hook, direction and ifindex cleared.
-fn kernel_fields_cleared(event: &Event) -> Parsed {
+/// The record as the host parser would produce it: time, hook, direction and ifindex cleared (`None` for a
+/// socket event, which no parser produces).
+fn kernel_fields_cleared(event: &Event) -> Option<Parsed> {
     fn clear(h: &mut observer_common::RecordHeader) {
         h.ts_ns = 0;
         h.hook = 0;
@@ -144,11 +147,12 @@ fn kernel_fields_cleared(event: &Event) -> Parsed {
     match *event {
         Event::Tcp(mut r) => {
             clear(&mut r.header);
-            Parsed::Tcp(r)
+            Some(Parsed::Tcp(r))
         }
         Event::Arp(mut r) => {
             clear(&mut r.header);
-            Parsed::Arp(r)
+            Some(Parsed::Arp(r))
         }
+        Event::Sock(_) => None,
     }
 }

@@ -213,7 +213,7 @@ fn records_carry_hook_direction_and_time() {
         let [event] = run.events.as_slice() else {
             panic!("{program:?}: {} records", run.events.len())
         };
-        let h = event.header();
+        let h = event.header().expect("a packet record");
         assert_eq!((h.hook, h.direction), (hook, direction), "{program:?}");
         assert!(h.ts_ns > 0, "{program:?}: no timestamp");
         assert_eq!(h.wire_len as usize, syn.len(), "{program:?}");

@@ -2,6 +2,7 @@
 //! processes that own them and the TcpExt counters that explain a listener's drops.
 
 pub mod diag;
+pub mod live;
 pub mod process;
 pub mod procfs;
 pub mod tcpext;
@@ -9,7 +10,7 @@ pub mod tcpext;
 use std::net::{IpAddr, SocketAddr};
 
 /// A TCP state as the kernel numbers it (`include/net/tcp_states.h`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub enum TcpState {
     /// TCP_ESTABLISHED.
@@ -109,7 +110,7 @@ impl TcpState {
 }
 
 /// Which kernel timer runs on a socket (the `tr` column of /proc/net/tcp, `idiag_timer` of sock_diag).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimerKind {
     /// No timer pending.
@@ -142,7 +143,7 @@ impl TimerKind {
 }
 
 /// A socket's timer: which one, when it fires, how often it fired.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Timer {
     /// Which timer.
     pub kind: TimerKind,
@@ -155,7 +156,7 @@ pub struct Timer {
 }
 
 /// What tcp_info (`INET_DIAG_INFO`) tells about a connection.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TcpInfo {
     /// Window scale shift this side applies to the peer's windows (`tcpi_snd_wscale`), when scaling is on.
     pub snd_wscale: Option<u8>,
@@ -180,7 +181,7 @@ pub struct TcpInfo {
 }
 
 /// One TCP socket of the kernel's table: a full socket, a request sock (SYN_RECV) or a TIME_WAIT sock.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Socket {
     /// Local address and port (IPv4 sockets have V4 addresses, tcp6 sockets V6 ones, mapped or not).
     pub local: SocketAddr,
