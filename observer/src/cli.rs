@@ -25,6 +25,85 @@ pub struct Cli {
 pub enum Command {
     /// Print the interface's TCP segments and ARP packets live (the default).
     Watch(WatchArgs),
+    /// Every listening socket's SYN queue, accept queue and limit, established children and drop counters.
+    Queues(QueuesArgs),
+    /// The TCP socket table exactly as `netstat -ant` (or `ss -tan`) prints it.
+    Netstat(NetstatArgs),
+    /// Our socket table against the real `netstat -ant` and `ss -tan`, row by row (exit 0 agree, 1 differ, 2
+    /// could not compare).
+    Compare(CompareArgs),
+}
+
+/// Where `observer netstat` and `observer compare` read the socket table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TableSource {
+    /// sock_diag netlink (falls back to /proc when it cannot be opened).
+    Diag,
+    /// /proc/net/tcp and /proc/net/tcp6.
+    Proc,
+}
+
+/// Options of `observer netstat`.
+#[derive(Debug, Args)]
+pub struct NetstatArgs {
+    /// Accepted for netstat's `-ant`: every TCP socket is always listed, numerically.
+    #[arg(short = 'a', hide = true)]
+    pub all: bool,
+    /// Accepted for netstat's `-ant` (always numeric).
+    #[arg(short = 'n', hide = true)]
+    pub numeric: bool,
+    /// Accepted for netstat's `-ant` (always TCP).
+    #[arg(short = 't', hide = true)]
+    pub tcp: bool,
+    /// Do not cut addresses to 22 characters.
+    #[arg(long, short = 'W')]
+    pub wide: bool,
+    /// Add the PID/Program name column.
+    #[arg(long, short = 'p')]
+    pub programs: bool,
+    /// Add the User (numeric uid) and Inode columns.
+    #[arg(long = "extend", short = 'e')]
+    pub extend: bool,
+    /// Add the Timer column.
+    #[arg(long, short = 'o')]
+    pub timers: bool,
+    /// Print as `ss -tan` does instead.
+    #[arg(long, conflicts_with_all = ["wide", "programs", "extend", "timers", "json"])]
+    pub ss: bool,
+    /// One JSON object per socket instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to read the table.
+    #[arg(long, value_enum, default_value_t = TableSource::Diag)]
+    pub source: TableSource,
+}
+
+/// Options of `observer compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to read our table.
+    #[arg(long, value_enum, default_value_t = TableSource::Diag)]
+    pub source: TableSource,
+}
+
+/// Options of `observer queues`.
+#[derive(Debug, Args)]
+pub struct QueuesArgs {
+    /// Print one snapshot and exit (no kernel programs needed).
+    #[arg(long)]
+    pub once: bool,
+    /// One JSON object per refresh instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh interval in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Stop after this many refreshes.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
 }
 
 /// Which kernel hook captures.
@@ -69,6 +148,9 @@ pub struct WatchArgs {
     /// Stop after this many events.
     #[arg(long, value_name = "N")]
     pub count: Option<u64>,
+    /// Only the wire: do not link segments to sockets (needs no kernel BTF or sock_diag).
+    #[arg(long)]
+    pub no_sockets: bool,
 }
 
 /// A command line that parses but cannot be honoured.

@@ -11,7 +11,10 @@
 //! - A SYN whose seq differs from its direction's base starts a new flow; a SYN-ACK whose seq differs only
 //!   rebases its sender's direction. Both are Wireshark's "Port numbers reused".
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+};
 
 use observer_common::record::{MAX_SACK_BLOCKS, OPT_WSCALE, SackBlock, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpRecord};
 
@@ -153,6 +156,8 @@ pub struct FlowTable {
     last_sweep_ns: u64,
     evicted: u64,
     expired: u64,
+    /// Window scales learnt from tcp_info for connections whose handshake was not seen, by flow.
+    known_scales: HashMap<FlowKey, [Scale; 2]>,
 }
 
 impl Default for FlowTable {
@@ -173,7 +178,46 @@ impl FlowTable {
             last_sweep_ns: 0,
             evicted: 0,
             expired: 0,
+            known_scales: HashMap::new(),
         }
+    }
+
+    /// Records the window scale shifts the kernel negotiated for a connection opened before capture started
+    /// (tcp_info's `rcv_wscale` is `local`'s, `snd_wscale` the peer's; `None` when scaling is off), so its
+    /// windows print scaled from its first captured segment on. At most `max_flows` are remembered.
+    pub fn learn_scaling(&mut self, local: SocketAddr, remote: SocketAddr, shifts: Option<(u8, u8)>) {
+        if self.known_scales.len() >= self.max_flows {
+            return;
+        }
+        let end = |a: SocketAddr| match crate::sockets::canonical(a.ip()) {
+            IpAddr::V4(v4) => {
+                let mut b = [0u8; 16];
+                b[..4].copy_from_slice(&v4.octets());
+                (4u8, b, a.port())
+            }
+            IpAddr::V6(v6) => (6u8, v6.octets(), a.port()),
+        };
+        let (l, r) = (end(local), end(remote));
+        let (local_scale, remote_scale) = match shifts {
+            Some((l, r)) => (
+                Scale::Shift(l.min(MAX_WINDOW_SHIFT)),
+                Scale::Shift(r.min(MAX_WINDOW_SHIFT)),
+            ),
+            None => (Scale::Off, Scale::Off),
+        };
+        let (lo, hi, scales) = if (l.1, l.2) <= (r.1, r.2) {
+            (l, r, [local_scale, remote_scale])
+        } else {
+            (r, l, [remote_scale, local_scale])
+        };
+        let key = FlowKey {
+            ip_version: l.0,
+            lo_addr: lo.1,
+            lo_port: lo.2,
+            hi_addr: hi.1,
+            hi_port: hi.2,
+        };
+        self.known_scales.insert(key, scales);
     }
 
     /// Sets how long a flow is kept after both FINs or an RST and no segment since.
@@ -265,7 +309,12 @@ impl FlowTable {
             }
             None => {
                 self.make_room();
-                Flow::new(now, tick)
+                let mut f = Flow::new(now, tick);
+                if !syn && let Some(scales) = self.known_scales.remove(&key) {
+                    f.sides[0].scale = scales[0];
+                    f.sides[1].scale = scales[1];
+                }
+                f
             }
         };
         flow.tick = tick;
@@ -486,6 +535,30 @@ pub(crate) mod tests {
         let a = t.observe(&seg(C, S, ACK, ci + 112, si + 52, 4106, 0));
         assert_eq!(nums(&a), (112, Some(52), 1_051_136));
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn scales_learnt_from_tcp_info_apply_to_a_connection_whose_handshake_was_not_seen() {
+        let mut t = FlowTable::default();
+        let addr = |(ip, port): ([u8; 4], u16)| SocketAddr::from((ip, port));
+        // The server's tcp_info: it announced shift 7 (rcv_wscale), the client shift 8 (snd_wscale).
+        t.learn_scaling(addr(S), addr(C), Some((7, 8)));
+        let from_client = t.observe(&seg(C, S, ACK, 1000, 2000, 4106, 0));
+        assert_eq!(
+            (from_client.window, from_client.scaling),
+            (4106 << 8, WindowScaling::Shift(8))
+        );
+        let from_server = t.observe(&seg(S, C, ACK, 2000, 1000, 100, 0));
+        assert_eq!(
+            (from_server.window, from_server.scaling),
+            (100 << 7, WindowScaling::Shift(7))
+        );
+        let mut off = FlowTable::default();
+        off.learn_scaling(addr(S), addr(C), None);
+        assert_eq!(
+            off.observe(&seg(C, S, ACK, 1, 1, 4106, 0)).scaling,
+            WindowScaling::NoScaling
+        );
     }
 
     #[test]

@@ -5,14 +5,32 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use observer::{
     cli::{Cli, Command},
-    watch,
+    queues, table, watch,
 };
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The table commands need neither the runtime nor the logger; compare has its own exit codes.
+    match &cli.command {
+        Some(Command::Netstat(args)) => {
+            return table::run_netstat(args).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS);
+        }
+        Some(Command::Compare(args)) => {
+            return match table::compare::run_compare(args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("observer: error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        _ => {}
+    }
     let ebpf_log = match &cli.command {
         None => cli.watch.ebpf_log,
         Some(Command::Watch(args)) => args.ebpf_log,
+        Some(_) => false,
     };
     // The kernel programs' aya-log records arrive through the `log` crate with the target `observer`; aya's
     // own debug output stays off.
@@ -30,6 +48,8 @@ fn main() -> ExitCode {
         match &cli.command {
             None => watch::run(&cli.watch).await,
             Some(Command::Watch(args)) => watch::run(args).await,
+            Some(Command::Queues(args)) => queues::run(args).await,
+            Some(Command::Netstat(_) | Command::Compare(_)) => Ok(()),
         }
     });
     match result {

@@ -19,8 +19,9 @@ use observer_common::record::{
 };
 use serde::Serialize;
 
-use crate::events::Event;
 use crate::flows::{FlowTable, MAX_WINDOW_SHIFT, TcpAnalysis, WindowScaling};
+use crate::link::{KernelNote, ListenerView, SocketLink, StateChange};
+use crate::sockets::process::Owner;
 
 /// TCP option kind of the MD5 signature, which tshark names without a value.
 const OPTKIND_MD5: u8 = 19;
@@ -751,31 +752,141 @@ impl Renderer {
     pub fn flows(&self) -> &FlowTable {
         &self.flows
     }
+}
 
-    /// Updates the flow or ARP state with the record and returns its line (without a newline).
-    pub fn render(&mut self, event: &Event) -> String {
-        let iface = if self.ifindex == 0 || event.header().ifindex == self.ifindex {
+/// The JSON object of a kernel line (schema in the README).
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelJson<'a> {
+    /// RFC 3339 UTC wall time with microseconds.
+    pub time: String,
+    /// Boot-time nanoseconds from the kernel.
+    pub ts_ns: u64,
+    /// Always `kernel`.
+    pub proto: &'static str,
+    /// `state` for a state change, else the event (`synack_retransmit`, `reset_sent` ...).
+    pub event: &'a str,
+    /// Local address and port, when known.
+    pub local: Option<String>,
+    /// Remote address and port, when known.
+    pub remote: Option<String>,
+    /// State before (state changes only).
+    pub old: Option<&'static str>,
+    /// State after (state changes only).
+    pub new: Option<&'static str>,
+    /// The text line's description.
+    pub summary: String,
+    /// The owning process, when known.
+    pub process: Option<&'a Owner>,
+    /// The listener's queues, for events on a listener.
+    pub listener: Option<&'a ListenerView>,
+}
+
+impl Renderer {
+    fn iface_of(&self, ifindex: u32) -> String {
+        if self.ifindex == 0 || ifindex == self.ifindex {
             self.iface.clone()
         } else {
-            event.header().ifindex.to_string()
+            ifindex.to_string()
+        }
+    }
+
+    /// Teaches the flow table window scales learnt from tcp_info.
+    pub fn flows_mut(&mut self) -> &mut FlowTable {
+        &mut self.flows
+    }
+
+    /// A TCP segment's line, with its socket side after ` ⇒ ` (text) or as `socket` (JSON, null if unknown).
+    pub fn segment(&mut self, rec: &TcpRecord, link: Option<&SocketLink>) -> String {
+        let iface = self.iface_of(rec.header.ifindex);
+        let a = self.flows.observe(rec);
+        if !self.json {
+            let line = tcp_line(&self.clock, &iface, rec, &a);
+            return match link.map(SocketLink::text) {
+                Some(t) if !t.is_empty() => format!("{line} ⇒ {t}"),
+                _ => line,
+            };
+        }
+        let value = serde_json::to_value(tcp_json(&self.clock, &iface, rec, &a)).and_then(|mut v| {
+            v["socket"] = serde_json::to_value(link)?;
+            Ok(v)
+        });
+        json_text(value)
+    }
+
+    /// An ARP packet's line.
+    pub fn arp(&mut self, rec: &ArpRecord) -> String {
+        let iface = self.iface_of(rec.header.ifindex);
+        let a = self.arp.observe(rec);
+        if !self.json {
+            return arp_line(&self.clock, &iface, rec, &a);
+        }
+        json_text(serde_json::to_value(arp_json(&self.clock, &iface, rec, &a)))
+    }
+
+    /// The line of a state change no captured segment explains: `<time> kernel <local> ↔ <remote> <OLD>→<NEW>`.
+    pub fn state(&self, change: &StateChange, owner: Option<&Owner>) -> String {
+        let summary = format!("{}→{}", change.old.name(), change.new.name());
+        let j = KernelJson {
+            time: self.clock.rfc3339(change.ts_ns),
+            ts_ns: change.ts_ns,
+            proto: "kernel",
+            event: "state",
+            local: Some(change.tuple.local.to_string()),
+            remote: Some(change.tuple.remote.to_string()),
+            old: Some(change.old.name()),
+            new: Some(change.new.name()),
+            summary,
+            process: owner,
+            listener: None,
         };
-        let json = match event {
-            Event::Tcp(rec) => {
-                let a = self.flows.observe(rec);
-                if !self.json {
-                    return tcp_line(&self.clock, &iface, rec, &a);
-                }
-                serde_json::to_string(&tcp_json(&self.clock, &iface, rec, &a))
-            }
-            Event::Arp(rec) => {
-                let a = self.arp.observe(rec);
-                if !self.json {
-                    return arp_line(&self.clock, &iface, rec, &a);
-                }
-                serde_json::to_string(&arp_json(&self.clock, &iface, rec, &a))
-            }
+        self.kernel_line(&j, "↔")
+    }
+
+    /// The line of another kernel event: `<time> kernel <local> → <remote> <what>`.
+    pub fn note(&self, note: &KernelNote) -> String {
+        let j = KernelJson {
+            time: self.clock.rfc3339(note.ts_ns),
+            ts_ns: note.ts_ns,
+            proto: "kernel",
+            event: &note.event,
+            local: note.tuple.map(|t| t.local.to_string()),
+            remote: note.tuple.map(|t| t.remote.to_string()),
+            old: None,
+            new: None,
+            summary: note.what.clone(),
+            process: None,
+            listener: note.listener.as_ref(),
         };
-        json.unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
+        self.kernel_line(&j, "→")
+    }
+
+    fn kernel_line(&self, j: &KernelJson, arrow: &str) -> String {
+        if self.json {
+            return json_text(serde_json::to_value(j));
+        }
+        let mut line = format!("{} kernel", self.clock.time_of_day(j.ts_ns));
+        if let (Some(l), Some(r)) = (&j.local, &j.remote) {
+            let _ = write!(line, " {l} {arrow} {r}");
+        }
+        let _ = write!(line, " {}", j.summary);
+        if let Some(o) = j.process {
+            let _ = write!(line, " {}({})", o.comm, o.pid);
+        }
+        if let Some(l) = j.listener {
+            let link = SocketLink {
+                listener: Some(l.clone()),
+                ..SocketLink::default()
+            };
+            let _ = write!(line, " ⇒ {}", link.text());
+        }
+        line
+    }
+}
+
+fn json_text(v: serde_json::Result<serde_json::Value>) -> String {
+    match v {
+        Ok(v) => v.to_string(),
+        Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
     }
 }
 
@@ -1188,24 +1299,24 @@ mod tests {
         let mut ack = framed(seg(C, S, ACK, 1001, 5001, 4106, 0), 66, DIR_EGRESS);
         ack.header.ifindex = 7;
         assert_eq!(
-            text.render(&Event::Tcp(syn)),
+            text.segment(&syn, None),
             "22:13:20.123456 eth0 out 10.0.0.1 → 10.0.0.2 TCP 74 40000 → 80 [SYN] Seq=0 Win=64240 Len=0"
         );
         assert_eq!(
-            text.render(&Event::Tcp(ack)),
+            text.segment(&ack, None),
             "22:13:20.123456 7 out 10.0.0.1 → 10.0.0.2 TCP 66 40000 → 80 [ACK] Seq=1 Ack=1 Win=4106 Len=0"
         );
-        json.render(&Event::Tcp(syn));
-        let v: serde_json::Value = serde_json::from_str(&json.render(&Event::Tcp(ack))).unwrap();
+        json.segment(&syn, None);
+        let v: serde_json::Value = serde_json::from_str(&json.segment(&ack, None)).unwrap();
         assert_eq!(
             (&v["seq"], &v["ack"], &v["win_scale"]),
             (&1.into(), &1.into(), &"none".into())
         );
         let mut a = arp((A, BC), 1, A, IP1, Z, IP2);
         a.header.ifindex = 2;
-        let line = text.render(&Event::Arp(a));
+        let line = text.arp(&a);
         assert!(line.ends_with("eth0 in 02:aa:00:00:00:01 → Broadcast ARP 60 Who has 192.168.1.2? Tell 192.168.1.1"));
-        let v: serde_json::Value = serde_json::from_str(&json.render(&Event::Arp(a))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&json.arp(&a)).unwrap();
         assert_eq!(v["kind"], "request");
         assert_eq!(text.flows().len(), 1);
     }

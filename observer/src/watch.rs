@@ -1,6 +1,10 @@
-//! `observer watch`: attach, print every record as it arrives, detach on Ctrl-C or SIGTERM, report counters.
+//! `observer watch`: attach, print every record with its socket side, detach on Ctrl-C or SIGTERM, report
+//! counters.
 
-use std::io::{self, Write};
+use std::{
+    io::{self, Write},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
@@ -11,12 +15,19 @@ use tokio::{
 };
 
 use crate::{
-    capture::{Capture, Counters, Hook},
+    capture::{Capture, CaptureError, Counters, Hook},
     cli::{HookKind, WatchArgs},
     events::{self, Event},
+    flows::FlowTable,
+    kevents::{self, ReasonNames},
+    link::{DEFAULT_HOLD_NS, Input, Linker, Output},
     preflight,
     render::Renderer,
+    sockets::{Socket, TcpState, live::LiveKernel},
 };
+
+/// How often held records are checked for release.
+const FLUSH_EVERY: Duration = Duration::from_millis(20);
 
 /// Runs `observer watch` until interrupted (or `--count` events), then prints the counters to stderr.
 pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
@@ -39,6 +50,13 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         None
     };
     capture.attach(&iface, hook)?;
+    let mut renderer = Renderer::new(&iface, preflight::ifindex(&iface), args.json);
+    let (mut linker, reasons) = if args.no_sockets {
+        (None, None)
+    } else {
+        let (l, r) = link_sockets(&mut capture, renderer.flows_mut())?;
+        (Some(l), Some(r))
+    };
     let ring = capture.take_events()?;
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -54,28 +72,38 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut renderer = Renderer::new(&iface, preflight::ifindex(&iface), args.json);
-    let mut out = io::BufWriter::new(io::stdout().lock());
-    let mut stats = HostStats::default();
+    let mut printer = Printer {
+        renderer,
+        out: io::BufWriter::new(io::stdout().lock()),
+        stats: HostStats::default(),
+        limit: args.count,
+    };
     eprintln!(
-        "observer: watching {iface} ({}){}; Ctrl-C to stop",
+        "observer: watching {iface} ({}){}{}; Ctrl-C to stop",
         capture.attached().join(", "),
         if args.control_only {
             ", control segments only"
         } else {
             ""
-        }
+        },
+        if linker.is_some() { ", linked to sockets" } else { "" }
     );
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut open = true;
     while open {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.context("waiting on the ring buffer")?;
-                open = drain(guard.get_inner_mut(), &mut renderer, &mut out, &mut stats, args.count);
+                open = drain(guard.get_inner_mut(), linker.as_mut(), reasons.as_ref(), &mut printer);
                 guard.clear_ready();
+            }
+            _ = flush.tick(), if linker.as_ref().is_some_and(|l| l.pending() > 0) => {
+                if let Some(l) = linker.as_mut() {
+                    open = printer.emit_all(l.flush(boot_time_ns()));
+                }
             }
             guard = async { logger.as_mut().expect("only polled when present").readable_mut().await },
                 if logger.is_some() => {
@@ -91,64 +119,170 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
 
     let counters = capture.detach()?;
     // Records submitted before the programs went away are still worth printing.
-    drain(ring.get_mut(), &mut renderer, &mut out, &mut stats, args.count);
-    let _ = out.flush();
+    drain(ring.get_mut(), linker.as_mut(), reasons.as_ref(), &mut printer);
+    if let Some(l) = linker.as_mut() {
+        printer.emit_all(l.flush_all());
+    }
+    let _ = printer.out.flush();
     if let Some(logger) = logger.as_mut() {
         // Log records the loop had no turn to read.
         logger.get_mut().flush();
     }
     eprintln!("observer: detached from {iface}");
-    eprint!("{}", report(&counters, &stats));
+    eprint!("{}", report(&counters, &printer.stats, linker.as_ref()));
     Ok(())
+}
+
+/// Attaches the socket programs, reads the socket table and builds the linker; teaches `flows` the window
+/// scales of connections opened before now.
+fn link_sockets(capture: &mut Capture, flows: &mut FlowTable) -> anyhow::Result<(Linker<LiveKernel>, ReasonNames)> {
+    // Attach first: a state change between the dump and the attach would otherwise be lost.
+    let netns = kevents::current_netns().map_err(CaptureError::from)?;
+    let events = kevents::attach_socket_events(capture, netns)?;
+    let mut kernel = LiveKernel::open()?;
+    let table = kernel.table().context("reading the socket table")?;
+    for s in &table {
+        teach_scaling(flows, s);
+    }
+    Ok((Linker::new(kernel, &table, DEFAULT_HOLD_NS), events.reasons))
+}
+
+/// Passes a connection's negotiated window scales from tcp_info to the flow table.
+fn teach_scaling(flows: &mut FlowTable, s: &Socket) {
+    if matches!(
+        s.state.normalized(),
+        TcpState::Listen | TcpState::SynRecv | TcpState::TimeWait
+    ) {
+        return;
+    }
+    let Some(info) = s.info else { return };
+    let shifts = info.rcv_wscale.zip(info.snd_wscale);
+    flows.learn_scaling(s.local, s.remote, shifts);
+}
+
+/// CLOCK_BOOTTIME in nanoseconds: the clock of the records' timestamps.
+fn boot_time_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// What the agent itself counted.
 #[derive(Debug, Default)]
 struct HostStats {
     events: u64,
+    kernel_lines: u64,
     decode_errors: u64,
     output_closed: bool,
 }
 
-/// Prints every record waiting in the ring; returns false once the agent should stop.
+/// Writes lines and counts them against `--count`.
+struct Printer<W: Write> {
+    renderer: Renderer,
+    out: W,
+    stats: HostStats,
+    limit: Option<u64>,
+}
+
+impl<W: Write> Printer<W> {
+    fn done(&self) -> bool {
+        self.stats.output_closed || self.limit.is_some_and(|n| self.stats.events >= n)
+    }
+
+    /// Prints one item; returns false once the agent should stop.
+    fn emit(&mut self, output: Output) -> bool {
+        if self.done() {
+            return false;
+        }
+        let (line, wire) = match &output {
+            Output::Segment(rec, link) => (self.renderer.segment(rec, link.as_ref()), true),
+            Output::Arp(rec) => (self.renderer.arp(rec), true),
+            Output::State(change, owner) => (self.renderer.state(change, owner.as_ref()), false),
+            Output::Note(note) => (self.renderer.note(note), false),
+        };
+        if writeln!(self.out, "{line}").is_err() {
+            // The reader went away (`observer | head`): stop quietly.
+            self.stats.output_closed = true;
+            return false;
+        }
+        if wire {
+            self.stats.events += 1;
+        } else {
+            self.stats.kernel_lines += 1;
+        }
+        if self.done() {
+            let _ = self.out.flush();
+            return false;
+        }
+        true
+    }
+
+    fn emit_all(&mut self, outputs: Vec<Output>) -> bool {
+        for o in outputs {
+            if !self.emit(o) {
+                break;
+            }
+        }
+        self.stats.output_closed |= self.out.flush().is_err();
+        !self.done()
+    }
+}
+
+/// Takes every record waiting in the ring: into the linker when there is one, else straight to the output.
+/// Returns false once the agent should stop.
 fn drain(
     ring: &mut RingBuf<MapData>,
-    renderer: &mut Renderer,
-    out: &mut impl Write,
-    stats: &mut HostStats,
-    limit: Option<u64>,
+    mut linker: Option<&mut Linker<LiveKernel>>,
+    reasons: Option<&ReasonNames>,
+    p: &mut Printer<impl Write>,
 ) -> bool {
     while let Some(item) = ring.next() {
-        if stats.output_closed || limit.is_some_and(|n| stats.events >= n) {
+        if p.done() {
             continue;
         }
         let event: Event = match events::decode(&item) {
             Ok(e) => e,
             Err(_) => {
-                stats.decode_errors += 1;
+                p.stats.decode_errors += 1;
                 continue;
             }
         };
-        if writeln!(out, "{}", renderer.render(&event)).is_err() {
-            // The reader went away (`observer | head`): stop quietly.
-            stats.output_closed = true;
-            continue;
-        }
-        stats.events += 1;
-        if limit.is_some_and(|n| stats.events >= n) {
-            let _ = out.flush();
-            return false;
+        let input = match event {
+            Event::Tcp(rec) => Input::Segment(rec),
+            Event::Arp(rec) => Input::Arp(rec),
+            Event::Sock(rec) => {
+                let name =
+                    |event: u8, reason: u32| reasons.map_or_else(|| reason.to_string(), |r| r.name(event, reason));
+                match Input::from_sock(&rec, name) {
+                    Some(i) => i,
+                    None => continue,
+                }
+            }
+        };
+        match linker.as_deref_mut() {
+            Some(l) => l.push(input),
+            None => {
+                let output = match input {
+                    Input::Segment(rec) => Output::Segment(rec, None),
+                    Input::Arp(rec) => Output::Arp(rec),
+                    _ => continue,
+                };
+                p.emit(output);
+            }
         }
     }
-    stats.output_closed |= out.flush().is_err();
-    !stats.output_closed
+    p.stats.output_closed |= p.out.flush().is_err();
+    !p.done()
 }
 
 /// The exit report: dropped records first, then every counter that is not zero.
-fn report(c: &Counters, host: &HostStats) -> String {
+fn report(c: &Counters, host: &HostStats, linker: Option<&Linker<LiveKernel>>) -> String {
     let mut s = format!(
         "dropped records (ring buffer full): {}\nrecords: {} emitted, {} printed, {} undecodable\n",
-        c.get(Counter::RingFull),
+        c.get(Counter::RingFull) + c.get(Counter::SockRingFull),
         c.get(Counter::Emitted),
         host.events,
         host.decode_errors
@@ -176,6 +310,33 @@ fn report(c: &Counters, host: &HostStats) -> String {
         .map(|k| format!("{} {}", k.name().trim_start_matches("malformed_"), c.get(*k)))
         .collect();
     s += &format!("malformed: {} ({})\n", c.malformed(), malformed.join(", "));
+    if let Some(l) = linker {
+        let seen: Vec<String> = Counter::ALL
+            .iter()
+            .filter(|k| k.name().starts_with("sock_seen"))
+            .map(|k| format!("{} {}", k.name().trim_start_matches("sock_seen_"), c.get(*k)))
+            .collect();
+        s += &format!(
+            "socket events: {} emitted, {} lost (ring full), {} other netns, {} unreadable, {} kernel lines ({})\n",
+            c.get(Counter::SockEmitted),
+            c.get(Counter::SockRingFull),
+            c.get(Counter::SockOtherNetns),
+            c.get(Counter::SockUnreadable),
+            host.kernel_lines,
+            seen.join(", ")
+        );
+        let mut drops: Vec<String> = l.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        drops.sort();
+        s += &format!(
+            "sockets: {} tracked; segments dropped at listeners: {}\n",
+            l.tracked(),
+            if drops.is_empty() {
+                "none".to_owned()
+            } else {
+                drops.join(", ")
+            }
+        );
+    }
     s
 }
 
@@ -187,6 +348,7 @@ mod tests {
     fn report_puts_drops_first_and_names_every_class() {
         let mut c = Counters::default();
         c.0[Counter::RingFull as usize] = 3;
+        c.0[Counter::SockRingFull as usize] = 1;
         c.0[Counter::OptionOverrun as usize] = 2;
         let r = report(
             &c,
@@ -194,8 +356,9 @@ mod tests {
                 events: 5,
                 ..Default::default()
             },
+            None,
         );
-        assert!(r.starts_with("dropped records (ring buffer full): 3\n"), "{r}");
+        assert!(r.starts_with("dropped records (ring buffer full): 4\n"), "{r}");
         assert!(r.contains("malformed: 2 (") && r.contains("option_overrun 2"), "{r}");
         assert!(r.contains("5 printed"), "{r}");
     }

@@ -1,0 +1,378 @@
+//! `observer queues`: one row per listening socket with its SYN queue (half-open request socks), accept queue
+//! and limit, established children and drops, and the namespace's TcpExt overflow counters.
+//!
+//! The first table comes from one full sock_diag dump. After that, each refresh reads only the listeners, each
+//! listener's SYN_RECV rows (filtered by port in the kernel) and TcpExt; the established counts follow the
+//! kernel's state changes (tp_btf `inet_sock_set_state`) instead of rescanning the table.
+
+use std::{
+    collections::HashMap,
+    io::{IsTerminal as _, Write},
+    net::SocketAddr,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use observer_common::Config;
+use serde::Serialize;
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    capture::{Capture, CaptureError},
+    cli::QueuesArgs,
+    events::{self, Event},
+    kevents,
+    link::{Input, StateChange},
+    sockets::{
+        Socket, TcpState,
+        diag::{Diag, Query},
+        process::{Owner, ProcessMap},
+        tcpext::{self, Limits, TcpExt},
+    },
+};
+
+/// One listening socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ListenerRow {
+    /// Listening address and port.
+    pub addr: SocketAddr,
+    /// Owning process, when known.
+    pub process: Option<Owner>,
+    /// Half-open connections: the listener's request socks (SYN_RECV rows).
+    pub synq: u32,
+    /// Connections waiting for accept().
+    pub accept: u32,
+    /// The accept queue limit (the listen() backlog capped by somaxconn).
+    pub limit: Option<u32>,
+    /// ESTABLISHED connections on this listener's address and port (accepted or not).
+    pub established: u32,
+    /// Socket inode.
+    pub inode: u64,
+}
+
+/// The TcpExt counters a listener's drops show in.
+pub const COUNTERS: [&str; 7] = [
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPReqQFullDrop",
+    "TCPReqQFullDoCookies",
+    "SyncookiesSent",
+    "SyncookiesRecv",
+    "SyncookiesFailed",
+];
+
+/// One refresh of the view.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    /// One row per listener, by address.
+    pub listeners: Vec<ListenerRow>,
+    /// The counters now (namespace-wide).
+    pub counters: HashMap<&'static str, u64>,
+    /// Their change since the agent started.
+    pub since_start: HashMap<&'static str, u64>,
+    /// The namespace's limits.
+    pub limits: Option<Limits>,
+}
+
+/// The listener among `listeners` that takes segments for `local` (an exact address beats a wildcard).
+pub fn listener_for(listeners: &[Socket], local: SocketAddr) -> Option<usize> {
+    listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.listens_for(local))
+        .max_by_key(|(_, l)| !l.local.ip().is_unspecified())
+        .map(|(i, _)| i)
+}
+
+/// Listener rows from a full table: SYN queue and established children counted from the table's rows.
+pub fn rows_from_table(table: &[Socket]) -> Vec<ListenerRow> {
+    let listeners: Vec<Socket> = table.iter().filter(|s| s.state == TcpState::Listen).cloned().collect();
+    let mut rows: Vec<ListenerRow> = listeners.iter().map(row_of).collect();
+    for s in table {
+        let Some(i) = listener_for(&listeners, s.local) else {
+            continue;
+        };
+        match s.state.normalized() {
+            TcpState::SynRecv => rows[i].synq += 1,
+            TcpState::Established => rows[i].established += 1,
+            _ => {}
+        }
+    }
+    rows.sort_by_key(|r| (r.addr.port(), r.addr));
+    rows
+}
+
+fn row_of(l: &Socket) -> ListenerRow {
+    ListenerRow {
+        addr: l.local,
+        process: None,
+        synq: 0,
+        accept: l.recv_q,
+        limit: l.backlog_limit,
+        established: 0,
+        inode: l.inode,
+    }
+}
+
+/// The named counters of a TcpExt reading.
+pub fn counter_values(t: &TcpExt) -> HashMap<&'static str, u64> {
+    COUNTERS.iter().map(|n| (*n, t.get(n).unwrap_or(0))).collect()
+}
+
+/// Applies one state change to the established counts of `rows`.
+pub fn apply_state(rows: &mut [ListenerRow], listeners: &[Socket], change: &StateChange) {
+    let into = change.new == TcpState::Established;
+    let out = change.old == TcpState::Established;
+    if into == out {
+        return;
+    }
+    let Some(i) = listener_for(listeners, change.tuple.local) else {
+        return;
+    };
+    let Some(row) = rows.iter_mut().find(|r| r.addr == listeners[i].local) else {
+        return;
+    };
+    if into {
+        row.established += 1;
+    } else {
+        row.established = row.established.saturating_sub(1);
+    }
+}
+
+/// The text table.
+pub fn render_text(s: &Snapshot) -> String {
+    let mut out = format!(
+        "{:<28} {:<20} {:>6} {:>13} {:>7}\n",
+        "Listen", "Process", "SYN-Q", "Accept/Limit", "Estab"
+    );
+    for r in &s.listeners {
+        let process = r
+            .process
+            .as_ref()
+            .map_or("-".to_owned(), |o| format!("{}({})", o.comm, o.pid));
+        let limit = r.limit.map_or("?".to_owned(), |n| n.to_string());
+        out += &format!(
+            "{:<28} {:<20} {:>6} {:>13} {:>7}\n",
+            r.addr.to_string(),
+            process,
+            r.synq,
+            format!("{}/{limit}", r.accept),
+            r.established
+        );
+    }
+    let counters: Vec<String> = COUNTERS
+        .iter()
+        .map(|n| {
+            format!(
+                "{n} {} (+{})",
+                s.counters.get(n).copied().unwrap_or(0),
+                s.since_start.get(n).copied().unwrap_or(0)
+            )
+        })
+        .collect();
+    out += &format!("TcpExt: {}\n", counters.join(", "));
+    if let Some(l) = &s.limits {
+        out += &format!(
+            "limits: tcp_max_syn_backlog {}, somaxconn {}, tcp_syncookies {}, tcp_abort_on_overflow {}\n",
+            l.tcp_max_syn_backlog, l.somaxconn, l.tcp_syncookies, l.tcp_abort_on_overflow
+        );
+    }
+    out
+}
+
+/// Reads the view's sources.
+struct Sources {
+    diag: Diag,
+    processes: ProcessMap,
+    start: Option<TcpExt>,
+}
+
+impl Sources {
+    fn snapshot(&mut self, listeners: Vec<ListenerRow>) -> Snapshot {
+        let now = tcpext::read().ok();
+        let counters = now.as_ref().map(counter_values).unwrap_or_default();
+        let since_start = match (&now, &self.start) {
+            (Some(n), Some(s)) => counter_values(&n.since(s)),
+            _ => HashMap::new(),
+        };
+        let mut listeners = listeners;
+        for r in &mut listeners {
+            r.process = (r.inode != 0).then(|| self.processes.get(r.inode).cloned()).flatten();
+        }
+        Snapshot {
+            listeners,
+            counters,
+            since_start,
+            limits: tcpext::read_limits().ok(),
+        }
+    }
+
+    /// Listeners and their SYN queues now, keeping established counts from `previous`.
+    fn refresh(&mut self, previous: &[ListenerRow]) -> anyhow::Result<(Vec<Socket>, Vec<ListenerRow>)> {
+        let listeners = self.diag.dump(&Query::listeners())?;
+        let mut rows: Vec<ListenerRow> = listeners.iter().map(row_of).collect();
+        // One dump of the request socks for every listener: each dump walks the whole table in the kernel.
+        self.diag
+            .dump_with(&Query::in_states(&[TcpState::SynRecv, TcpState::NewSynRecv]), |req| {
+                if let Some(i) = listener_for(&listeners, req.local) {
+                    rows[i].synq += 1;
+                }
+            })?;
+        for r in &mut rows {
+            r.established = previous.iter().find(|p| p.addr == r.addr).map_or(0, |p| p.established);
+        }
+        rows.sort_by_key(|r| (r.addr.port(), r.addr));
+        Ok((listeners, rows))
+    }
+}
+
+/// Runs `observer queues`.
+pub async fn run(args: &QueuesArgs) -> anyhow::Result<()> {
+    let mut diag = Diag::open()?;
+    let table = diag.dump(&Query::all())?;
+    let mut sources = Sources {
+        diag,
+        processes: ProcessMap::new(),
+        start: tcpext::read().ok(),
+    };
+    let rows = rows_from_table(&table);
+    let stdout = std::io::stdout();
+    let tty = stdout.is_terminal() && !args.json;
+    let print = |s: &Snapshot| -> anyhow::Result<()> {
+        let mut out = stdout.lock();
+        if args.json {
+            writeln!(out, "{}", serde_json::to_string(s)?)?;
+        } else {
+            if tty {
+                // Redraw in place on a terminal.
+                write!(out, "\x1b[H\x1b[2J")?;
+            }
+            writeln!(out, "{}", render_text(s))?;
+        }
+        out.flush()?;
+        Ok(())
+    };
+    if args.once {
+        return print(&sources.snapshot(rows));
+    }
+
+    live(args, sources, rows, print).await
+}
+
+async fn live(
+    args: &QueuesArgs,
+    mut sources: Sources,
+    mut rows: Vec<ListenerRow>,
+    print: impl Fn(&Snapshot) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    crate::preflight::check_privileges()
+        .context("the live view follows the kernel's state changes (--once does not)")?;
+    let mut capture = Capture::load(&Config::default(), false)?;
+    let netns = kevents::current_netns().map_err(CaptureError::from)?;
+    kevents::attach_socket_events(&mut capture, netns)?;
+    let ring = capture.take_events()?;
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("registering the ring buffer with tokio")?;
+    let (mut listeners, _) = sources.refresh(&rows)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(args.interval_ms.max(10)));
+    let mut printed = 0u64;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let (l, r) = sources.refresh(&rows)?;
+                listeners = l;
+                rows = r;
+                print(&sources.snapshot(rows.clone()))?;
+                printed += 1;
+                if args.count.is_some_and(|n| printed >= n) {
+                    break;
+                }
+            }
+            guard = ring.readable_mut() => {
+                let mut guard = guard.context("waiting on the ring buffer")?;
+                while let Some(item) = guard.get_inner_mut().next() {
+                    if let Ok(Event::Sock(rec)) = events::decode(&item)
+                        && let Some(Input::State(change)) = Input::from_sock(&rec, |_, r| r.to_string())
+                    {
+                        apply_state(&mut rows, &listeners, &change);
+                    }
+                }
+                guard.clear_ready();
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    capture.detach()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{link::Tuple, sockets::Timer};
+
+    fn sock(local: &str, remote: &str, state: TcpState, recv_q: u32) -> Socket {
+        Socket {
+            local: local.parse().unwrap(),
+            remote: remote.parse().unwrap(),
+            state,
+            recv_q,
+            send_q: 0,
+            backlog_limit: (state == TcpState::Listen).then_some(4),
+            timer: Timer::default(),
+            uid: 0,
+            inode: 0,
+            cookie: None,
+            info: None,
+        }
+    }
+
+    #[test]
+    fn rows_count_request_socks_and_children_per_listener() {
+        let table = vec![
+            sock("0.0.0.0:80", "0.0.0.0:0", TcpState::Listen, 5),
+            sock("10.0.0.1:81", "0.0.0.0:0", TcpState::Listen, 0),
+            sock("10.0.0.1:80", "10.0.0.2:4000", TcpState::SynRecv, 0),
+            sock("10.0.0.1:80", "10.0.0.2:4001", TcpState::NewSynRecv, 0),
+            sock("10.0.0.1:80", "10.0.0.2:4002", TcpState::Established, 0),
+            sock("10.0.0.1:81", "10.0.0.2:4003", TcpState::Established, 0),
+            sock("10.0.0.1:81", "10.0.0.2:4004", TcpState::TimeWait, 0),
+            sock("10.0.0.1:5000", "10.0.0.2:80", TcpState::Established, 0),
+        ];
+        let rows = rows_from_table(&table);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].synq, rows[0].accept, rows[0].limit, rows[0].established),
+            (2, 5, Some(4), 1)
+        );
+        assert_eq!((rows[1].synq, rows[1].established), (0, 1));
+    }
+
+    #[test]
+    fn state_changes_move_the_established_count() {
+        let listeners = vec![sock("0.0.0.0:80", "0.0.0.0:0", TcpState::Listen, 0)];
+        let mut rows = rows_from_table(&listeners);
+        let change = |old, new| StateChange {
+            ts_ns: 0,
+            tuple: Tuple::new("10.0.0.1:80".parse().unwrap(), "10.0.0.2:4000".parse().unwrap()),
+            old,
+            new,
+        };
+        apply_state(&mut rows, &listeners, &change(TcpState::SynRecv, TcpState::Established));
+        apply_state(&mut rows, &listeners, &change(TcpState::SynRecv, TcpState::Established));
+        apply_state(
+            &mut rows,
+            &listeners,
+            &change(TcpState::Established, TcpState::CloseWait),
+        );
+        apply_state(&mut rows, &listeners, &change(TcpState::CloseWait, TcpState::LastAck));
+        assert_eq!(rows[0].established, 1);
+    }
+}

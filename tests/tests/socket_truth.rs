@@ -1,0 +1,411 @@
+//! Socket truth end to end: the agent's wire lines carry the kernel's socket side, and its numbers match what
+//! the kernel's own counters, `ss` and `netstat` say at the same moment.
+//!
+//! Each test builds its own veth pair (subnets 221-223); the agent runs inside the server's or the client's
+//! namespace with `ip netns exec`, as a user would run it inside a guest.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::FromRawFd as _,
+    thread,
+    time::{Duration, Instant},
+};
+
+use tests::{
+    agent::{Agent, Finished},
+    netns::{self, Netns, Pair},
+    require,
+};
+
+/// Generous bound for anything the tests wait on (never asserted as a duration).
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A listener on `addr:port` in `ns` with this listen() backlog; it never accepts unless the caller does.
+fn listen(ns: &Netns, addr: &str, port: u16, backlog: i32) -> TcpListener {
+    let bind: SocketAddr = format!("{addr}:{port}").parse().expect("address");
+    ns.enter(move || -> std::io::Result<TcpListener> {
+        // std's TcpListener always listens with 128: build the socket by hand for a small backlog.
+        // SAFETY: plain socket calls on a fresh fd that the TcpListener then owns.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let listener = TcpListener::from_raw_fd(fd);
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_REUSEADDR,
+                (&one as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as u32,
+            );
+            let SocketAddr::V4(v4) = bind else {
+                unreachable!("IPv4 only")
+            };
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            if libc::bind(
+                fd,
+                (&sa as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as u32,
+            ) != 0
+                || libc::listen(fd, backlog) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(listener)
+        }
+    })
+    .expect("entering the server namespace")
+    .expect("listening")
+}
+
+/// Connects from `ns` to `target` on a thread; the thread returns the stream or the error.
+fn connect(ns: &Netns, target: SocketAddr, timeout: Duration) -> thread::JoinHandle<std::io::Result<TcpStream>> {
+    ns.spawn(move || TcpStream::connect_timeout(&target, timeout))
+        .expect("entering the client namespace")
+}
+
+/// TcpExt counters of `ns`, read from the kernel's own /proc/net/netstat inside it.
+fn tcpext(ns: &Netns) -> HashMap<String, u64> {
+    let text = netns::run(ns.command("cat").arg("/proc/net/netstat")).expect("reading /proc/net/netstat");
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
+    assert_eq!(lines.len(), 2, "TcpExt header and values in {text}");
+    lines[0]
+        .split_whitespace()
+        .zip(lines[1].split_whitespace())
+        .skip(1)
+        .map(|(k, v)| (k.to_owned(), v.parse().expect("counter value")))
+        .collect()
+}
+
+/// `ss -ltn` rows of `ns` for local `addr:port`: (Recv-Q, Send-Q).
+fn ss_listener(ns: &Netns, local: &str) -> (u32, u32) {
+    let out = netns::run(ns.command("ss").args(["-ltnH"])).expect("ss -ltn");
+    out.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() >= 4 && f[3] == local)
+        .map(|f| (f[1].parse().expect("Recv-Q"), f[2].parse().expect("Send-Q")))
+        .unwrap_or_else(|| panic!("no listener {local} in ss -ltn:\n{out}"))
+}
+
+/// `netstat -ant` rows of `ns`: (local, foreign, state).
+fn netstat(ns: &Netns) -> Vec<(String, String, String)> {
+    let out = netns::run(ns.command("netstat").args(["-ant"])).expect("netstat -ant");
+    out.lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() >= 6)
+        .map(|f| (f[3].to_owned(), f[4].to_owned(), f[5].to_owned()))
+        .collect()
+}
+
+/// The listener row of `observer queues --once --json` for `local`.
+fn queues_row(ns: &Netns, local: &str) -> serde_json::Value {
+    let bin = tests::agent::binary().expect("agent binary");
+    let out = netns::run(
+        ns.command(bin.to_str().expect("path"))
+            .args(["queues", "--once", "--json"]),
+    )
+    .expect("observer queues --once --json");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("queues JSON");
+    v["listeners"]
+        .as_array()
+        .expect("listeners array")
+        .iter()
+        .find(|r| r["addr"] == local)
+        .cloned()
+        .unwrap_or_else(|| panic!("no row for {local} in {out}"))
+}
+
+/// `observer compare` in `ns` exits 0 and says so; returns its output.
+fn compare_agrees(ns: &Netns) -> String {
+    let bin = tests::agent::binary().expect("agent binary");
+    let out = ns
+        .command(bin.to_str().expect("path"))
+        .arg("compare")
+        .output()
+        .expect("running observer compare");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "observer compare found differences:\n{text}");
+    text
+}
+
+fn until(mut pred: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if pred() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Output lines of a finished agent that are wire lines with a socket side (`... ⇒ ...`).
+fn linked(f: &Finished) -> Vec<&str> {
+    f.stdout
+        .iter()
+        .map(String::as_str)
+        .filter(|l| l.contains(" ⇒ "))
+        .collect()
+}
+
+#[test]
+fn accept_queue_overflow_is_labelled_one_for_one_with_listen_overflows() {
+    if !require::root("accept_queue_overflow") || !require::tool("accept_queue_overflow", "ss") {
+        return;
+    }
+    let pair = Pair::new("aq", 221).expect("veth pair");
+    let port = 8080;
+    let local = format!("{}:{port}", pair.b_addr);
+    let target: SocketAddr = local.parse().expect("address");
+    let _listener = listen(&pair.b, &pair.b_addr, port, 4);
+    let agent = Agent::start(&pair.b, &["watch", "-i", &pair.b_if, "--port", &port.to_string()]).expect("agent");
+    let before = tcpext(&pair.b);
+
+    // Fill the accept queue: with backlog 4 the kernel queues 5 (it drops only when the count exceeds the limit).
+    let first: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            connect(&pair.a, target, WAIT)
+                .join()
+                .expect("client thread")
+                .expect("connect")
+        })
+        .collect();
+    assert!(
+        until(|| ss_listener(&pair.b, &local).0 == 5),
+        "accept queue never reached 5"
+    );
+    // Every later SYN is dropped at the listener; each client retransmits its SYN at 1 s and 3 s.
+    let late: Vec<_> = (0..15)
+        .map(|_| connect(&pair.a, target, Duration::from_millis(3500)))
+        .collect();
+    thread::sleep(Duration::from_millis(300));
+    let row = queues_row(&pair.b, &local);
+    let (recv_q, send_q) = ss_listener(&pair.b, &local);
+    assert_eq!(
+        (row["accept"].as_u64(), row["limit"].as_u64()),
+        (Some(u64::from(recv_q)), Some(u64::from(send_q)))
+    );
+    assert_eq!((recv_q, send_q), (5, 4));
+    let mid = tcpext(&pair.b);
+    for c in late {
+        assert!(
+            c.join().expect("client thread").is_err(),
+            "a late client got through a full accept queue"
+        );
+    }
+    // The SYN-SENT clients never show on the server: no SYN_RECV rows, the case netstat users misread.
+    assert!(
+        !netstat(&pair.b).iter().any(|r| r.2 == "SYN_RECV"),
+        "{:?}",
+        netstat(&pair.b)
+    );
+    thread::sleep(Duration::from_millis(500));
+    let after = tcpext(&pair.b);
+    let overflows = after["ListenOverflows"] - before["ListenOverflows"];
+    assert!(mid["ListenOverflows"] > before["ListenOverflows"] && after["ListenOverflows"] > mid["ListenOverflows"]);
+    assert!(after["ListenDrops"] - before["ListenDrops"] >= overflows);
+    let row = queues_row(&pair.b, &local);
+    assert!(row["established"].as_u64() == Some(5), "{row}");
+    compare_agrees(&pair.b);
+
+    let finished = agent_stop(agent);
+    let labelled = finished
+        .stdout
+        .iter()
+        .filter(|l| l.contains("DROPPED: accept queue full (ListenOverflows"))
+        .count();
+    assert_eq!(
+        labelled as u64,
+        overflows,
+        "lines labelled accept-queue-full vs ListenOverflows increase; linked lines:\n{}",
+        linked(&finished).join("\n")
+    );
+    assert!(
+        labelled >= 45,
+        "15 clients x 3 SYNs should all be dropped, saw {labelled}"
+    );
+    let accepted = linked(&finished)
+        .iter()
+        .filter(|l| l.contains("[SYN]") && !l.contains("DROPPED") && l.contains(&local))
+        .count();
+    assert_eq!(accepted, 5, "the first five SYNs met a listener with room");
+    drop(first);
+}
+
+fn agent_stop(mut agent: Agent) -> Finished {
+    agent.stop(libc::SIGTERM).expect("stopping the agent")
+}
+
+#[test]
+fn syn_queue_count_equals_the_syn_recv_rows() {
+    if !require::root("syn_queue") || !require::tool("syn_queue", "nft") || !require::tool("syn_queue", "netstat") {
+        return;
+    }
+    let pair = Pair::new("sq", 222).expect("veth pair");
+    let port = 8081;
+    let local = format!("{}:{port}", pair.b_addr);
+    let target: SocketAddr = local.parse().expect("address");
+    let _listener = listen(&pair.b, &pair.b_addr, port, 64);
+    // The client's final ACKs never leave: every connection stays half-open on the server.
+    let rule = format!("add rule inet obs out tcp dport {port} tcp flags & (syn | ack | fin | rst) == ack drop");
+    for r in [
+        "add table inet obs",
+        "add chain inet obs out { type filter hook output priority 0 ; }",
+        &rule,
+    ] {
+        netns::run(pair.a.command("nft").args(r.split(' '))).expect("nft rule");
+    }
+    let agent = Agent::start(&pair.b, &["watch", "-i", &pair.b_if, "--port", &port.to_string()]).expect("agent");
+    let clients: Vec<TcpStream> = (0..6)
+        .map(|_| {
+            connect(&pair.a, target, WAIT)
+                .join()
+                .expect("client thread")
+                .expect("connect")
+        })
+        .collect();
+    let syn_recv = || {
+        netstat(&pair.b)
+            .iter()
+            .filter(|r| r.0 == local && r.2 == "SYN_RECV")
+            .count()
+    };
+    assert!(
+        until(|| syn_recv() == 6),
+        "netstat never showed 6 SYN_RECV rows: {:?}",
+        netstat(&pair.b)
+    );
+    let row = queues_row(&pair.b, &local);
+    assert_eq!(row["synq"].as_u64(), Some(syn_recv() as u64), "{row}");
+    assert_eq!(row["accept"].as_u64(), Some(0), "{row}");
+    compare_agrees(&pair.b);
+    // The server retransmits its SYN-ACKs after 1 s: the kernel says so on its own lines.
+    thread::sleep(Duration::from_millis(1500));
+    let finished = agent_stop(agent);
+    let synq: Vec<u64> = finished
+        .stdout
+        .iter()
+        .filter(|l| l.contains("[SYN]"))
+        .filter_map(|l| l.split(" synq ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(
+        synq.len(),
+        6,
+        "every SYN linked to the listener: {:#?}",
+        finished.stdout
+    );
+    assert!(synq.iter().all(|n| (1..=6).contains(n)), "{synq:?}");
+    assert!(
+        finished.stdout.iter().any(|l| l.contains("SYN-ACK retransmitted")),
+        "no SYN-ACK retransmission line: {:#?}",
+        finished.stdout
+    );
+    drop(clients);
+}
+
+#[test]
+fn teardown_shows_each_transition_next_to_the_fin_that_caused_it() {
+    if !require::root("teardown") || !require::tool("teardown", "netstat") {
+        return;
+    }
+    let pair = Pair::new("td", 223).expect("veth pair");
+    let port = 8082;
+    let local = format!("{}:{port}", pair.b_addr);
+    let target: SocketAddr = local.parse().expect("address");
+    let listener = listen(&pair.b, &pair.b_addr, port, 16);
+    let client_agent =
+        Agent::start(&pair.a, &["watch", "-i", &pair.a_if, "--port", &port.to_string()]).expect("client agent");
+    let server_agent =
+        Agent::start(&pair.b, &["watch", "-i", &pair.b_if, "--port", &port.to_string()]).expect("server agent");
+    let server = thread::spawn(move || {
+        use std::io::Read as _;
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        while conn.read(&mut buf).expect("server read") > 0 {}
+        // The client closed first; this close sends the server's FIN from CLOSE_WAIT.
+        thread::sleep(Duration::from_millis(200));
+    });
+    let client = connect(&pair.a, target, WAIT)
+        .join()
+        .expect("client thread")
+        .expect("connect");
+    let client_addr = client.local_addr().expect("client address").to_string();
+    {
+        use std::io::Write as _;
+        (&client).write_all(b"bye\n").expect("client write");
+    }
+    thread::sleep(Duration::from_millis(200));
+    drop(client); // the active close
+    server.join().expect("server thread");
+    assert!(
+        until(|| netstat(&pair.a)
+            .iter()
+            .any(|r| r.0 == client_addr && r.1 == local && r.2 == "TIME_WAIT")),
+        "the active closer is not in TIME_WAIT: {:?}",
+        netstat(&pair.a)
+    );
+    thread::sleep(Duration::from_millis(300));
+    compare_agrees(&pair.a);
+    compare_agrees(&pair.b);
+    let c = agent_stop(client_agent);
+    let s = agent_stop(server_agent);
+    let has = |f: &Finished, dir: &str, flag: &str, what: &str| {
+        f.stdout.iter().any(|l| {
+            l.contains(&format!(" {dir} "))
+                && l.contains(flag)
+                && l.split(" ⇒ ").nth(1).is_some_and(|k| k.contains(what))
+        })
+    };
+    let show = |f: &Finished| format!("{}\n{}", f.stdout.join("\n"), f.stderr.join("\n"));
+    assert!(
+        has(&c, "out", "FIN", "ESTABLISHED→FIN_WAIT1"),
+        "client FIN:\n{}",
+        show(&c)
+    );
+    assert!(
+        has(&c, "in", "FIN", "TIME_WAIT"),
+        "client enters TIME_WAIT at the server's FIN:\n{}",
+        show(&c)
+    );
+    assert!(
+        has(&s, "in", "FIN", "ESTABLISHED→CLOSE_WAIT"),
+        "server at the client's FIN:\n{}",
+        show(&s)
+    );
+    assert!(
+        has(&s, "out", "FIN", "CLOSE_WAIT→LAST_ACK"),
+        "server FIN:\n{}",
+        show(&s)
+    );
+    assert!(
+        has(&s, "in", "[ACK]", "LAST_ACK→CLOSE"),
+        "server's last ACK:\n{}",
+        show(&s)
+    );
+    assert!(has(&c, "out", "[SYN]", "SYN_SENT"), "client SYN:\n{}", show(&c));
+    assert!(
+        has(&c, "in", "[SYN, ACK]", "SYN_SENT→ESTABLISHED"),
+        "client SYN-ACK:\n{}",
+        show(&c)
+    );
+    assert!(
+        has(&s, "in", "[ACK]", "LISTEN→SYN_RECV→ESTABLISHED"),
+        "server final ACK:\n{}",
+        show(&s)
+    );
+}
