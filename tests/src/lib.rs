@@ -1,6 +1,7 @@
 //! Helpers for observer's kernel and end-to-end tests.
 
 pub mod agent;
+pub mod conns;
 pub mod kernel;
 pub mod netns;
 pub mod oracle;

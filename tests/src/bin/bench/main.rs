@@ -1,10 +1,19 @@
-//! `cargo xtask bench`: kernel time per packet of the real programs (BPF_PROG_TEST_RUN, many repetitions),
-//! next to an empty TC program measured in the same run, as ratios.
+//! `cargo xtask bench`: figures measured against a baseline in the same run, printed as ratios, never asserted.
 //!
-//! Records are reserved and then discarded in this mode (`Config::discard`), so the ring never fills and
-//! every repetition pays for the reservation; nothing is timed against a fixed budget.
+//! Packets: kernel time per packet of the real programs (BPF_PROG_TEST_RUN, many repetitions), next to an empty
+//! TC program. Records are reserved and then discarded in this mode (`Config::discard`), so the ring never fills
+//! and every repetition pays for the reservation.
+//!
+//! Sockets ([`sockets`]): the full socket table with many connections open, ours against `ss` and `netstat`; the
+//! live views' refresh against the full table; the agent's idle CPU and memory.
+//!
+//! `cargo xtask bench -- [--packets-only | --sockets-only] [--conns 10000,50000] [--runs 5]`
+
+mod sockets;
 
 use std::{process::ExitCode, time::Duration};
+
+use anyhow::{Context as _, bail};
 
 use observer_common::Config;
 use tests::{
@@ -23,8 +32,54 @@ struct Case {
     goal: Option<f64>,
 }
 
+/// What the command line asks for.
+struct Options {
+    packets: bool,
+    sockets: bool,
+    socket: sockets::Options,
+}
+
+fn parse_args() -> anyhow::Result<Options> {
+    let mut opts = Options {
+        packets: true,
+        sockets: true,
+        socket: sockets::Options::default(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--packets-only" => opts.sockets = false,
+            "--sockets-only" => opts.packets = false,
+            "--conns" => {
+                let list = args.next().context("--conns needs a list such as 10000,50000")?;
+                opts.socket.sizes = list
+                    .split(',')
+                    .map(|n| n.trim().replace('_', "").parse())
+                    .collect::<Result<_, _>>()
+                    .with_context(|| format!("--conns {list}"))?;
+            }
+            "--runs" => {
+                let n = args.next().context("--runs needs a number")?;
+                opts.socket.runs = n.parse().with_context(|| format!("--runs {n}"))?;
+                if opts.socket.runs == 0 {
+                    bail!("--runs must be at least 1");
+                }
+            }
+            "-h" | "--help" => {
+                println!("usage: bench [--packets-only | --sockets-only] [--conns 10000,50000] [--runs 5]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    if !opts.packets && !opts.sockets {
+        bail!("--packets-only and --sockets-only exclude each other");
+    }
+    Ok(opts)
+}
+
 fn main() -> ExitCode {
-    match run() {
+    match parse_args().and_then(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: error: {e:#}");
@@ -33,8 +88,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> anyhow::Result<()> {
+fn run(opts: Options) -> anyhow::Result<()> {
     observer::preflight::check_privileges()?;
+    if opts.packets {
+        packets()?;
+    }
+    if opts.sockets {
+        if opts.packets {
+            println!();
+        }
+        sockets::run(&opts.socket)?;
+    }
+    Ok(())
+}
+
+fn packets() -> anyhow::Result<()> {
     let mut kernel = Kernel::load(&Config {
         discard: 1,
         ..Config::default()
