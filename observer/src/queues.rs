@@ -28,7 +28,7 @@ use crate::{
     link::{Input, StateChange},
     sockets::{
         Socket, TcpState,
-        diag::{Diag, Query},
+        diag::{Diag, Families, Query},
         process::{Owner, ProcessMap},
         tcpext::{self, Limits, TcpExt},
     },
@@ -214,13 +214,19 @@ impl Sources {
     fn refresh(&mut self, previous: &[ListenerRow]) -> anyhow::Result<(Vec<Socket>, Vec<ListenerRow>)> {
         let listeners = self.diag.dump(&Query::listeners())?;
         let mut rows: Vec<ListenerRow> = listeners.iter().map(row_of).collect();
-        // One dump of the request socks for every listener: each dump walks the whole table in the kernel.
-        self.diag
-            .dump_with(&Query::in_states(&[TcpState::SynRecv, TcpState::NewSynRecv]), |req| {
-                if let Some(i) = listener_for(&listeners, req.local) {
-                    rows[i].synq += 1;
-                }
-            })?;
+        // One dump of the request socks for every listener, since each dump walks the whole table in the
+        // kernel; IPv6 is walked only when an IPv6 listener can hold request socks.
+        let families = if listeners.iter().any(Socket::is_v6) {
+            Families::Both
+        } else {
+            Families::V4
+        };
+        let query = Query::in_states(&[TcpState::SynRecv, TcpState::NewSynRecv]).of(families);
+        self.diag.dump_with(&query, |req| {
+            if let Some(i) = listener_for(&listeners, req.local) {
+                rows[i].synq += 1;
+            }
+        })?;
         for r in &mut rows {
             r.established = previous.iter().find(|p| p.addr == r.addr).map_or(0, |p| p.established);
         }

@@ -221,6 +221,32 @@ fn accept_queue_overflow_is_labelled_one_for_one_with_listen_overflows() {
     assert!(after["ListenDrops"] - before["ListenDrops"] >= overflows);
     let row = queues_row(&pair.b, &local);
     assert!(row["established"].as_u64() == Some(5), "{row}");
+    // The live view: snapshots that follow state changes agree with the one-shot table.
+    let bin = tests::agent::binary().expect("agent binary");
+    let live = netns::run(pair.b.command(bin.to_str().expect("path")).args([
+        "queues",
+        "--json",
+        "--count",
+        "2",
+        "--interval-ms",
+        "300",
+    ]))
+    .expect("observer queues --json --count 2");
+    let snapshots: Vec<serde_json::Value> = live
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("queues JSON line"))
+        .collect();
+    assert_eq!(snapshots.len(), 2, "{live}");
+    for snap in &snapshots {
+        let r = snap["listeners"]
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["addr"] == local.as_str()));
+        let r = r.unwrap_or_else(|| panic!("no row for {local}: {snap}"));
+        assert_eq!(
+            (r["accept"].as_u64(), r["limit"].as_u64(), r["established"].as_u64()),
+            (Some(5), Some(4), Some(5))
+        );
+    }
     compare_agrees(&pair.b);
 
     let finished = agent_stop(agent);

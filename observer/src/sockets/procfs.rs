@@ -62,17 +62,7 @@ impl ProcRow {
     /// The Timer column of `netstat -o`: `on (3.57/2/0)` is the timer, seconds left with two decimals,
     /// retransmissions and probes.
     pub fn netstat_timer(&self) -> String {
-        let t = &self.socket.timer;
-        let seconds = self.when_ticks as f64 / clock_ticks_per_second() as f64;
-        let (retr, probes) = (t.retransmits, t.probes);
-        match t.kind {
-            TimerKind::Off => format!("off (0.00/{retr}/{probes})"),
-            TimerKind::Retransmit => format!("on ({seconds:.2}/{retr}/{probes})"),
-            TimerKind::KeepAlive => format!("keepalive ({seconds:.2}/{retr}/{probes})"),
-            TimerKind::TimeWait => format!("timewait ({seconds:.2}/{retr}/{probes})"),
-            TimerKind::Probe => format!("probe ({seconds:.2}/{retr}/{probes})"),
-            TimerKind::Other(n) => format!("unkn-{n} ({seconds:.2}/{retr}/{probes})"),
-        }
+        crate::table::netstat::timer(&self.socket.timer)
     }
 }
 
