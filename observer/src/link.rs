@@ -396,8 +396,10 @@ pub struct Linker<K: Kernel> {
     handshakes: HashMap<Tuple, Handshake>,
     listeners: Vec<Socket>,
     listeners_fresh: bool,
-    /// Listener queues read during this flush, by listening address.
+    /// Listener queues read since the last flush, by listening address.
     views: HashMap<SocketAddr, ListenerView>,
+    /// Listener queues read when a segment to a listener arrived, by its entry id.
+    seen_views: HashMap<u64, ListenerView>,
     last_tcpext: Option<TcpExt>,
     budget: Budget,
     /// Dropped segments labelled per reason, for the exit report and tests.
@@ -434,6 +436,7 @@ impl<K: Kernel> Linker<K> {
             listeners,
             listeners_fresh: false,
             views: HashMap::new(),
+            seen_views: HashMap::new(),
             last_tcpext,
             budget: Budget::default(),
             drops: HashMap::new(),
@@ -471,6 +474,32 @@ impl<K: Kernel> Linker<K> {
                 self.synacks.entry(Tuple::of_segment(r)).or_default().push(ts);
             }
             Input::State(s) => self.states.entry(s.tuple).or_default().push((id, ts)),
+            Input::Segment(r)
+                if r.header.direction != DIR_EGRESS
+                    && r.flags & (TCP_SYN | TCP_RST) != 0
+                    && r.flags & (TCP_ACK | TCP_RST) == 0 =>
+            {
+                // Read the listener's queues now, right after the stack handled the SYN, not at release time.
+                let tuple = Tuple::of_segment(r);
+                if !self.conns.contains_key(&tuple)
+                    && let Some(view) = self.listener_view(tuple.local)
+                {
+                    self.seen_views.insert(id, view);
+                }
+            }
+            Input::Segment(r)
+                if r.header.direction != DIR_EGRESS
+                    && r.flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK
+                    && !self.conns.contains_key(&Tuple::of_segment(r)) =>
+            {
+                // Possibly a handshake's last ACK: its listener as the stack left it.
+                let tuple = Tuple::of_segment(r);
+                if self.find_listener(tuple.local).is_some()
+                    && let Some(view) = self.listener_view(tuple.local)
+                {
+                    self.seen_views.insert(id, view);
+                }
+            }
             _ => {}
         }
         self.queue.push_back(Entry {
@@ -501,6 +530,9 @@ impl<K: Kernel> Linker<K> {
                 out.push(o);
             }
         }
+        // The next segments read the listeners afresh.
+        self.listeners_fresh = false;
+        self.views.clear();
         out
     }
 
@@ -518,6 +550,7 @@ impl<K: Kernel> Linker<K> {
                     }
                 }
                 let link = self.link_segment(entry.id, entry.ts, &rec, tuple);
+                self.seen_views.remove(&entry.id);
                 Some(Output::Segment(rec, link))
             }
             Input::Arp(rec) => Some(Output::Arp(rec)),
@@ -687,7 +720,7 @@ impl<K: Kernel> Linker<K> {
             self.conns.remove(&tuple);
         }
         if ingress && syn_only && !self.conns.contains_key(&tuple) {
-            return self.link_syn(ts, tuple, link);
+            return self.link_syn(id, ts, tuple, link);
         }
         if ingress
             && rec.flags & (TCP_SYN | TCP_RST) == 0
@@ -697,7 +730,7 @@ impl<K: Kernel> Linker<K> {
         {
             // A segment completing a handshake: the connection exists now unless the listener dropped it.
             let created = link.transitions.iter().any(|t| t.0 == TcpState::Listen);
-            link.listener = self.listener_view(tuple.local);
+            link.listener = self.seen_views.remove(&id).or_else(|| self.listener_view(tuple.local));
             link.owner = self.listener_owner(tuple.local);
             if created {
                 link.fate = Some(Fate::Accepted);
@@ -774,7 +807,7 @@ impl<K: Kernel> Linker<K> {
         out
     }
 
-    fn link_syn(&mut self, ts: u64, tuple: Tuple, mut link: SocketLink) -> Option<SocketLink> {
+    fn link_syn(&mut self, id: u64, ts: u64, tuple: Tuple, mut link: SocketLink) -> Option<SocketLink> {
         let listener_known = self.find_listener(tuple.local).is_some();
         if !listener_known {
             return (!link.transitions.is_empty()).then_some(link);
@@ -803,7 +836,7 @@ impl<K: Kernel> Linker<K> {
         } else {
             Fate::Dropped(self.drop_reason())
         };
-        link.listener = self.listener_view(tuple.local);
+        link.listener = self.seen_views.remove(&id).or_else(|| self.listener_view(tuple.local));
         link.owner = self.listener_owner(tuple.local);
         link.state = Some(TcpState::Listen);
         link.fate = Some(fate);

@@ -183,15 +183,25 @@ pub fn render_text(s: &Snapshot) -> String {
     out
 }
 
-/// Reads the view's sources.
-struct Sources {
+/// The view's sources: sock_diag, the owners of listeners, TcpExt since start.
+pub struct Sources {
     diag: Diag,
     processes: ProcessMap,
     start: Option<TcpExt>,
 }
 
 impl Sources {
-    fn snapshot(&mut self, listeners: Vec<ListenerRow>) -> Snapshot {
+    /// Opens sock_diag and takes the TcpExt reading the deltas start from.
+    pub fn open() -> anyhow::Result<Sources> {
+        Ok(Sources {
+            diag: Diag::open()?,
+            processes: ProcessMap::new(),
+            start: tcpext::read().ok(),
+        })
+    }
+
+    /// One snapshot of `listeners` with their owners and the counters now.
+    pub fn snapshot(&mut self, listeners: Vec<ListenerRow>) -> Snapshot {
         let now = tcpext::read().ok();
         let counters = now.as_ref().map(counter_values).unwrap_or_default();
         let since_start = match (&now, &self.start) {
@@ -211,7 +221,7 @@ impl Sources {
     }
 
     /// Listeners and their SYN queues now, keeping established counts from `previous`.
-    fn refresh(&mut self, previous: &[ListenerRow]) -> anyhow::Result<(Vec<Socket>, Vec<ListenerRow>)> {
+    pub fn refresh(&mut self, previous: &[ListenerRow]) -> anyhow::Result<(Vec<Socket>, Vec<ListenerRow>)> {
         let listeners = self.diag.dump(&Query::listeners())?;
         let mut rows: Vec<ListenerRow> = listeners.iter().map(row_of).collect();
         // One dump of the request socks for every listener, since each dump walks the whole table in the
@@ -237,13 +247,8 @@ impl Sources {
 
 /// Runs `observer queues`.
 pub async fn run(args: &QueuesArgs) -> anyhow::Result<()> {
-    let mut diag = Diag::open()?;
-    let table = diag.dump(&Query::all())?;
-    let mut sources = Sources {
-        diag,
-        processes: ProcessMap::new(),
-        start: tcpext::read().ok(),
-    };
+    let mut sources = Sources::open()?;
+    let table = sources.diag.dump(&Query::all())?;
     let rows = rows_from_table(&table);
     let stdout = std::io::stdout();
     let tty = stdout.is_terminal() && !args.json;

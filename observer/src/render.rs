@@ -1348,10 +1348,30 @@ mod tests {
         let common = readme_fields("### Fields of every record");
         let mut flows = FlowTable::default();
         let syn = framed(seg(C, S, SYN, 1000, 0, 64240, 0), 74, DIR_EGRESS);
-        let tcp = serde_json::to_value(tcp_json(&clock(), "eth0", &syn, &flows.observe(&syn))).unwrap();
+        let _ = flows.observe(&syn);
+        let mut json = Renderer::new("eth0", 0, true).with_clock(clock());
+        let link = SocketLink::default();
+        let tcp: serde_json::Value = serde_json::from_str(&json.segment(&syn, Some(&link))).unwrap();
         let documented: std::collections::BTreeSet<String> =
             common.union(&readme_fields("### TCP fields")).cloned().collect();
         assert_eq!(keys(&tcp), documented, "TCP JSON keys vs the README");
+        assert_eq!(
+            keys(&tcp["socket"]),
+            readme_fields("### Socket fields"),
+            "socket keys vs the README"
+        );
+        let change = StateChange {
+            ts_ns: 1,
+            tuple: crate::link::Tuple::new("10.0.0.1:80".parse().unwrap(), "10.0.0.2:4000".parse().unwrap()),
+            old: crate::sockets::TcpState::Established,
+            new: crate::sockets::TcpState::CloseWait,
+        };
+        let kernel: serde_json::Value = serde_json::from_str(&json.state(&change, None)).unwrap();
+        assert_eq!(
+            keys(&kernel),
+            readme_fields("### Kernel lines"),
+            "kernel line keys vs the README"
+        );
         let req = arp((A, BC), 1, A, IP1, Z, IP2);
         let arp = serde_json::to_value(arp_json(&clock(), "eth0", &req, &ArpState::default().observe(&req))).unwrap();
         let documented: std::collections::BTreeSet<String> =

@@ -273,8 +273,13 @@ fn accept_queue_overflow_is_labelled_one_for_one_with_listen_overflows() {
     drop(first);
 }
 
+/// Stops the agent; with OBSERVER_TEST_SHOW set, prints what it wrote (to see real output).
 fn agent_stop(mut agent: Agent) -> Finished {
-    agent.stop(libc::SIGTERM).expect("stopping the agent")
+    let f = agent.stop(libc::SIGTERM).expect("stopping the agent");
+    if std::env::var_os("OBSERVER_TEST_SHOW").is_some() {
+        eprintln!("{}\n{}", f.stdout.join("\n"), f.stderr.join("\n"));
+    }
+    f
 }
 
 #[test]

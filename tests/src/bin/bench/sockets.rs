@@ -159,12 +159,21 @@ impl Source {
     }
 }
 
-/// What `observer queues` reads each second instead of the full table: the listeners, each listening port's
-/// SYN_RECV rows (filtered by port in the kernel), TcpExt and the queue limits. Returns the rows read.
+/// What `observer queues` does each second instead of reading the full table: the listeners, one dump of the
+/// request socks for all of them, TcpExt, the limits and the owners. Returns the listener rows.
+/// The sources stay open across runs as in the agent, so the owners of the listeners are found once.
 fn refresh() -> anyhow::Result<usize> {
-    let mut diag = Diag::open()?;
-    let ports = listener_ports(&mut diag)?;
-    Ok(ports.len() + syn_recv(&mut diag, &ports)? + counters()?)
+    thread_local! {
+        static SOURCES: std::cell::RefCell<Option<observer::queues::Sources>> = const { std::cell::RefCell::new(None) };
+    }
+    SOURCES.with_borrow_mut(|slot| {
+        if slot.is_none() {
+            *slot = Some(observer::queues::Sources::open()?);
+        }
+        let sources = slot.as_mut().expect("just opened");
+        let (_, rows) = sources.refresh(&[])?;
+        Ok(sources.snapshot(rows).listeners.len())
+    })
 }
 
 /// The listening ports, each once.
