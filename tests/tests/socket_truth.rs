@@ -126,6 +126,41 @@ fn queues_row(ns: &Netns, local: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no row for {local} in {out}"))
 }
 
+/// sock_diag and /proc/net/tcp{,6} read inside `ns` list the same sockets with the same states and queues.
+fn netlink_agrees_with_proc(ns: &Netns) {
+    type Row = (String, String, &'static str, u32, u32);
+    let (diag, proc) = ns
+        .enter(|| {
+            let key = |s: &observer::sockets::Socket| -> Row {
+                (
+                    s.local.to_string(),
+                    s.remote.to_string(),
+                    s.state.name(),
+                    s.recv_q,
+                    s.send_q,
+                )
+            };
+            let mut diag: Vec<Row> = observer::sockets::diag::Diag::open()
+                .expect("sock_diag")
+                .dump(&observer::sockets::diag::Query::all())
+                .expect("dump")
+                .iter()
+                .map(key)
+                .collect();
+            let mut proc: Vec<Row> = observer::sockets::procfs::read_table()
+                .expect("/proc/net/tcp")
+                .iter()
+                .map(|r| key(&r.socket))
+                .collect();
+            diag.sort();
+            proc.sort();
+            (diag, proc)
+        })
+        .expect("entering the namespace");
+    assert!(!diag.is_empty());
+    assert_eq!(diag, proc, "sock_diag vs /proc/net/tcp{{,6}}");
+}
+
 /// `observer compare` in `ns` exits 0 and says so; returns its output.
 fn compare_agrees(ns: &Netns) -> String {
     let bin = tests::agent::binary().expect("agent binary");
@@ -323,6 +358,8 @@ fn syn_queue_count_equals_the_syn_recv_rows() {
     );
     let row = queues_row(&pair.b, &local);
     assert_eq!(row["synq"].as_u64(), Some(syn_recv() as u64), "{row}");
+    netlink_agrees_with_proc(&pair.b);
+    netlink_agrees_with_proc(&pair.a);
     assert_eq!(row["accept"].as_u64(), Some(0), "{row}");
     compare_agrees(&pair.b);
     // The server retransmits its SYN-ACKs after 1 s: the kernel says so on its own lines.
@@ -393,6 +430,7 @@ fn teardown_shows_each_transition_next_to_the_fin_that_caused_it() {
     thread::sleep(Duration::from_millis(300));
     compare_agrees(&pair.a);
     compare_agrees(&pair.b);
+    netlink_agrees_with_proc(&pair.a);
     let c = agent_stop(client_agent);
     let s = agent_stop(server_agent);
     let has = |f: &Finished, dir: &str, flag: &str, what: &str| {
