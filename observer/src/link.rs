@@ -161,6 +161,8 @@ impl Input {
             SOCK_EV_SEND_RESET => ("reset_sent", format!("RST sent{} ({})", in_state(), reason())),
             SOCK_EV_RECEIVE_RESET => ("reset_received", format!("RST received{}", in_state())),
             SOCK_EV_RCVQ_FULL => ("rcvq_full", "receive queue full, segment dropped".to_owned()),
+            // QUEUE_PURGE is a closing socket freeing what it had queued, not a segment lost on its way.
+            SOCK_EV_DROP if reason() == "QUEUE_PURGE" => return None,
             SOCK_EV_DROP => ("drop", format!("segment dropped{} ({})", in_state(), reason())),
             _ => return None,
         };
@@ -740,6 +742,12 @@ impl<K: Kernel> Linker<K> {
             }
             return Some(link);
         }
+        if !ingress && is_synack(rec) && !self.conns.contains_key(&tuple) && self.handshakes.contains_key(&tuple) {
+            // Sent by the request sock the SYN created.
+            link.state = Some(TcpState::SynRecv);
+            link.owner = self.listener_owner(tuple.local);
+            return Some(link);
+        }
         let state = self.conns.get(&tuple).map(|c| c.state);
         let state = link.transitions.last().map(|t| t.1).or(state);
         if state.is_none() && link.transitions.is_empty() {
@@ -1077,7 +1085,7 @@ mod tests {
             links(&out),
             [
                 "LISTEN 0.0.0.0:80 synq 1 accept 0/4",
-                "",
+                "SYN_RECV",
                 "LISTEN 0.0.0.0:80 synq 1 accept 0/4 LISTEN→SYN_RECV→ESTABLISHED",
             ]
         );

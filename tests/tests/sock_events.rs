@@ -161,7 +161,24 @@ struct Conn {
 
 fn connect(pair: &Pair) -> Conn {
     let bind = format!("{}:{PORT}", pair.b_addr);
-    let listener = pair.b.enter(move || TcpListener::bind(bind)).unwrap().expect("bind");
+    // The previous round's server socket may still wait in LAST_ACK for its final ACK, which SO_REUSEADDR does
+    // not cover: retry the bind until it is gone.
+    let listener = pair
+        .b
+        .enter(move || {
+            let mut tries = 0;
+            loop {
+                match TcpListener::bind(&bind) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 100 => {
+                        tries += 1;
+                        thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    other => return other,
+                }
+            }
+        })
+        .unwrap()
+        .expect("bind");
     let to = format!("{}:{PORT}", pair.b_addr);
     let mut client = pair.a.enter(move || TcpStream::connect(to)).unwrap().expect("connect");
     let (server, _) = listener.accept().expect("accept");
