@@ -441,40 +441,24 @@ fn teardown_shows_each_transition_next_to_the_fin_that_caused_it() {
         })
     };
     let show = |f: &Finished| format!("{}\n{}", f.stdout.join("\n"), f.stderr.join("\n"));
-    assert!(
-        has(&c, "out", "FIN", "ESTABLISHED→FIN_WAIT1"),
-        "client FIN:\n{}",
-        show(&c)
-    );
-    assert!(
-        has(&c, "in", "FIN", "TIME_WAIT"),
-        "client enters TIME_WAIT at the server's FIN:\n{}",
-        show(&c)
-    );
-    assert!(
-        has(&s, "in", "FIN", "ESTABLISHED→CLOSE_WAIT"),
-        "server at the client's FIN:\n{}",
-        show(&s)
-    );
-    assert!(
-        has(&s, "out", "FIN", "CLOSE_WAIT→LAST_ACK"),
-        "server FIN:\n{}",
-        show(&s)
-    );
-    assert!(
-        has(&s, "in", "[ACK]", "LAST_ACK→CLOSE"),
-        "server's last ACK:\n{}",
-        show(&s)
-    );
-    assert!(has(&c, "out", "[SYN]", "SYN_SENT"), "client SYN:\n{}", show(&c));
-    assert!(
-        has(&c, "in", "[SYN, ACK]", "SYN_SENT→ESTABLISHED"),
-        "client SYN-ACK:\n{}",
-        show(&c)
-    );
-    assert!(
-        has(&s, "in", "[ACK]", "LISTEN→SYN_RECV→ESTABLISHED"),
-        "server final ACK:\n{}",
-        show(&s)
-    );
+    // (agent, direction, flags, what the kernel side must say, which segment)
+    let expected = [
+        (&c, "out", "[SYN]", "SYN_SENT", "client SYN"),
+        (&c, "in", "[SYN, ACK]", "SYN_SENT→ESTABLISHED", "client SYN-ACK"),
+        (&s, "in", "[ACK]", "LISTEN→SYN_RECV→ESTABLISHED", "server final ACK"),
+        (&c, "out", "FIN", "ESTABLISHED→FIN_WAIT1", "client FIN"),
+        (&s, "in", "FIN", "ESTABLISHED→CLOSE_WAIT", "server at the client's FIN"),
+        (&s, "out", "FIN", "CLOSE_WAIT→LAST_ACK", "server FIN"),
+        (
+            &c,
+            "in",
+            "FIN",
+            "TIME_WAIT",
+            "client enters TIME_WAIT at the server's FIN",
+        ),
+        (&s, "in", "[ACK]", "LAST_ACK→CLOSE", "server's last ACK"),
+    ];
+    for (f, dir, flag, what, which) in expected {
+        assert!(has(f, dir, flag, what), "{which}: no line with {what}:\n{}", show(f));
+    }
 }
