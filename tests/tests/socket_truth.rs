@@ -462,3 +462,58 @@ fn teardown_shows_each_transition_next_to_the_fin_that_caused_it() {
         assert!(has(f, dir, flag, what), "{which}: no line with {what}:\n{}", show(f));
     }
 }
+
+#[test]
+fn connections_older_than_the_agent_print_scaled_windows() {
+    if !require::root("older_connections") || !require::tool("older_connections", "ss") {
+        return;
+    }
+    let pair = Pair::new("ws", 224).expect("veth pair");
+    let port = 8083;
+    let local = format!("{}:{port}", pair.b_addr);
+    let listener = listen(&pair.b, &pair.b_addr, port, 16);
+    let mut client = connect(&pair.a, local.parse().expect("address"), WAIT)
+        .join()
+        .expect("client")
+        .expect("connect");
+    let (mut server, _) = listener.accept().expect("accept");
+    // The kernel's negotiated shifts, as ss prints them from tcp_info at the server: wscale:<snd>,<rcv>.
+    let ss = netns::run(pair.b.command("ss").args(["-tniH", "state", "established"])).expect("ss -tni");
+    let wscale = ss
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("wscale:"))
+        .expect("wscale in ss -ti");
+    let (snd, rcv) = wscale.split_once(',').expect("two shifts");
+    let (client_shift, server_shift): (u64, u64) = (snd.parse().expect("snd"), rcv.parse().expect("rcv"));
+
+    // The handshake is over before the agent starts: only tcp_info can tell it the scale.
+    let agent = Agent::start(
+        &pair.b,
+        &["watch", "-i", &pair.b_if, "--port", &port.to_string(), "--json"],
+    )
+    .expect("agent");
+    {
+        use std::io::{Read as _, Write as _};
+        client.write_all(b"ping").expect("client write");
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).expect("server read");
+        server.write_all(b"pong").expect("server write");
+        client.read_exact(&mut buf).expect("client read");
+    }
+    thread::sleep(Duration::from_millis(300));
+    let f = agent_stop(agent);
+    let segments: Vec<serde_json::Value> = f
+        .stdout
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .filter(|v| v["proto"] == "tcp")
+        .collect();
+    assert!(segments.len() >= 2, "{:#?}", f.stdout);
+    for v in &segments {
+        let from_client = v["src"] == pair.a_addr.as_str();
+        let shift = if from_client { client_shift } else { server_shift };
+        assert_eq!(v["win_scale"].as_u64(), Some(shift), "{v}");
+        assert_eq!(v["win"].as_u64(), v["win_raw"].as_u64().map(|w| w << shift), "{v}");
+        assert!(!v["summary"].as_str().unwrap_or_default().contains('*'), "{v}");
+    }
+}
