@@ -517,3 +517,67 @@ fn connections_older_than_the_agent_print_scaled_windows() {
         assert!(!v["summary"].as_str().unwrap_or_default().contains('*'), "{v}");
     }
 }
+
+#[test]
+fn syn_queue_overflow_is_labelled_one_for_one_with_reqq_full_drops() {
+    if !require::root("syn_queue_overflow") || !require::tool("syn_queue_overflow", "nft") {
+        return;
+    }
+    let pair = Pair::new("sf", 225).expect("veth pair");
+    let port = 8084;
+    let local = format!("{}:{port}", pair.b_addr);
+    let target: SocketAddr = local.parse().expect("address");
+    // Without syncookies a full SYN queue drops SYNs (TCPReqQFullDrop) instead of answering with a cookie.
+    netns::run(pair.b.command("sysctl").args(["-qw", "net.ipv4.tcp_syncookies=0"])).expect("sysctl");
+    let _listener = listen(&pair.b, &pair.b_addr, port, 4);
+    let rule = format!("add rule inet obs out tcp dport {port} tcp flags & (syn | ack | fin | rst) == ack drop");
+    for r in [
+        "add table inet obs",
+        "add chain inet obs out { type filter hook output priority 0 ; }",
+        &rule,
+    ] {
+        netns::run(pair.a.command("nft").args(r.split(' '))).expect("nft rule");
+    }
+    let agent = Agent::start(&pair.b, &["watch", "-i", &pair.b_if, "--port", &port.to_string()]).expect("agent");
+    let before = tcpext(&pair.b);
+    // Five request socks fill a queue whose limit is the backlog (the kernel drops when the count exceeds 4).
+    let half_open: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            connect(&pair.a, target, WAIT)
+                .join()
+                .expect("client thread")
+                .expect("connect")
+        })
+        .collect();
+    let late: Vec<_> = (0..5)
+        .map(|_| connect(&pair.a, target, Duration::from_millis(3500)))
+        .collect();
+    for c in late {
+        assert!(
+            c.join().expect("client thread").is_err(),
+            "a SYN got through a full SYN queue"
+        );
+    }
+    let row = queues_row(&pair.b, &local);
+    assert_eq!(row["synq"].as_u64(), Some(5), "{row}");
+    thread::sleep(Duration::from_millis(500));
+    let after = tcpext(&pair.b);
+    let drops = after["TCPReqQFullDrop"] - before["TCPReqQFullDrop"];
+    let finished = agent_stop(agent);
+    let labelled = finished
+        .stdout
+        .iter()
+        .filter(|l| l.contains("DROPPED: SYN queue full (TCPReqQFullDrop"))
+        .count();
+    assert_eq!(
+        labelled as u64,
+        drops,
+        "linked lines:\n{}",
+        linked(&finished).join("\n")
+    );
+    assert!(
+        labelled >= 15,
+        "5 clients x 3 SYNs should all be dropped, saw {labelled}"
+    );
+    drop(half_open);
+}
