@@ -1007,6 +1007,7 @@ mod tests {
             inode: 0,
             cookie: None,
             info: None,
+            drops: None,
         }
     }
 

@@ -49,6 +49,8 @@ pub struct ListenerRow {
     pub limit: Option<u32>,
     /// ESTABLISHED connections on this listener's address and port (accepted or not).
     pub established: u32,
+    /// Segments this listener dropped (its `sk_drops`: its share of ListenDrops, overflows included).
+    pub drops: Option<u32>,
     /// Socket inode.
     pub inode: u64,
 }
@@ -113,6 +115,7 @@ fn row_of(l: &Socket) -> ListenerRow {
         accept: l.recv_q,
         limit: l.backlog_limit,
         established: 0,
+        drops: l.drops,
         inode: l.inode,
     }
 }
@@ -145,8 +148,8 @@ pub fn apply_state(rows: &mut [ListenerRow], listeners: &[Socket], change: &Stat
 /// The text table.
 pub fn render_text(s: &Snapshot) -> String {
     let mut out = format!(
-        "{:<28} {:<20} {:>6} {:>13} {:>7}\n",
-        "Listen", "Process", "SYN-Q", "Accept/Limit", "Estab"
+        "{:<28} {:<20} {:>6} {:>13} {:>7} {:>7}\n",
+        "Listen", "Process", "SYN-Q", "Accept/Limit", "Estab", "Drops"
     );
     for r in &s.listeners {
         let process = r
@@ -155,12 +158,13 @@ pub fn render_text(s: &Snapshot) -> String {
             .map_or("-".to_owned(), |o| format!("{}({})", o.comm, o.pid));
         let limit = r.limit.map_or("?".to_owned(), |n| n.to_string());
         out += &format!(
-            "{:<28} {:<20} {:>6} {:>13} {:>7}\n",
+            "{:<28} {:<20} {:>6} {:>13} {:>7} {:>7}\n",
             r.addr.to_string(),
             process,
             r.synq,
             format!("{}/{limit}", r.accept),
-            r.established
+            r.established,
+            r.drops.map_or("?".to_owned(), |d| d.to_string())
         );
     }
     let counters: Vec<String> = COUNTERS
@@ -248,7 +252,10 @@ impl Sources {
 /// Runs `observer queues`.
 pub async fn run(args: &QueuesArgs) -> anyhow::Result<()> {
     let mut sources = Sources::open()?;
-    let table = sources.diag.dump(&Query::all())?;
+    let table = sources.diag.dump(&Query {
+        meminfo: true,
+        ..Query::all()
+    })?;
     let rows = rows_from_table(&table);
     let stdout = std::io::stdout();
     let tty = stdout.is_terminal() && !args.json;
@@ -342,6 +349,7 @@ mod tests {
             inode: 0,
             cookie: None,
             info: None,
+            drops: None,
         }
     }
 

@@ -256,6 +256,14 @@ fn accept_queue_overflow_is_labelled_one_for_one_with_listen_overflows() {
     assert!(after["ListenDrops"] - before["ListenDrops"] >= overflows);
     let row = queues_row(&pair.b, &local);
     assert!(row["established"].as_u64() == Some(5), "{row}");
+    // The listener's own drop count: ss -m prints it as skmem's d<n>; here every ListenDrop was this listener's.
+    let ssm = netns::run(pair.b.command("ss").args(["-ltnmH"])).expect("ss -ltnm");
+    let ss_drops: u64 = ssm
+        .split(|c: char| c == ',' || c == ')' || c.is_whitespace())
+        .find_map(|t| t.strip_prefix('d')?.parse().ok())
+        .unwrap_or_else(|| panic!("no drop count in ss -ltnm: {ssm}"));
+    assert_eq!(row["drops"].as_u64(), Some(ss_drops), "{row} vs {ssm}");
+    assert_eq!(ss_drops, after["ListenDrops"] - before["ListenDrops"]);
     // The live view: snapshots that follow state changes agree with the one-shot table.
     let bin = tests::agent::binary().expect("agent binary");
     let live = netns::run(pair.b.command(bin.to_str().expect("path")).args([

@@ -37,6 +37,10 @@ const MAX_REQUEST: usize = NLMSG_HDR_LEN + REQ_LEN + PORT_FILTER_LEN;
 
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const INET_DIAG_INFO: u16 = 2;
+/// `INET_DIAG_SKMEMINFO`: the socket's `SK_MEMINFO_*` u32 array.
+const INET_DIAG_SKMEMINFO: u16 = 7;
+/// Index of `SK_MEMINFO_DROPS` (`sk_drops`) in that array.
+const SK_MEMINFO_DROPS: usize = 8;
 const INET_DIAG_BC_S_GE: u8 = 2;
 const INET_DIAG_BC_S_LE: u8 = 3;
 const INET_DIAG_NOCOOKIE: u32 = !0;
@@ -90,6 +94,8 @@ pub struct Query {
     pub states: u32,
     /// Ask for tcp_info (`INET_DIAG_INFO`); TIME_WAIT and request socks never carry it.
     pub info: bool,
+    /// Ask for the socket's memory counters (`INET_DIAG_SKMEMINFO`), for its drop count.
+    pub meminfo: bool,
     /// Only sockets with this local port, filtered in the kernel.
     pub local_port: Option<u16>,
     /// Which families.
@@ -102,15 +108,17 @@ impl Query {
         Query {
             states: ALL_STATES,
             info: false,
+            meminfo: false,
             local_port: None,
             families: Families::Both,
         }
     }
 
-    /// Listening sockets of both families.
+    /// Listening sockets of both families, with their drop counts.
     pub fn listeners() -> Self {
         Query {
             states: state_bit(TcpState::Listen),
+            meminfo: true,
             ..Query::all()
         }
     }
@@ -157,6 +165,7 @@ struct Request {
     family: u8,
     dump: bool,
     info: bool,
+    meminfo: bool,
     states: u32,
     local: (u16, [u8; 16]),
     remote: (u16, [u8; 16]),
@@ -171,6 +180,7 @@ impl Request {
             family,
             dump: true,
             info: q.info,
+            meminfo: q.meminfo,
             states: q.states,
             local: (0, [0; 16]),
             remote: (0, [0; 16]),
@@ -201,6 +211,7 @@ impl Request {
             family: if v6 { libc::AF_INET6 as u8 } else { libc::AF_INET as u8 },
             dump: false,
             info,
+            meminfo: false,
             states: ALL_STATES,
             local: (local.port(), raw(local)),
             remote: (remote.port(), raw(remote)),
@@ -222,7 +233,12 @@ impl Request {
         let r = &mut out[NLMSG_HDR_LEN..];
         r[0] = self.family;
         r[1] = libc::IPPROTO_TCP as u8;
-        r[2] = if self.info { 1 << (INET_DIAG_INFO - 1) } else { 0 };
+        r[2] = if self.info { 1 << (INET_DIAG_INFO - 1) } else { 0 }
+            | if self.meminfo {
+                1 << (INET_DIAG_SKMEMINFO - 1)
+            } else {
+                0
+            };
         r[4..8].copy_from_slice(&self.states.to_ne_bytes());
         r[8..10].copy_from_slice(&self.local.0.to_be_bytes());
         r[10..12].copy_from_slice(&self.remote.0.to_be_bytes());
@@ -383,6 +399,7 @@ fn parse_socket(p: &[u8]) -> Result<Socket, SocketError> {
         probes,
     };
     let mut info = None;
+    let mut drops = None;
     let mut attrs = &p[MSG_LEN..];
     while !attrs.is_empty() {
         if attrs.len() < 4 {
@@ -397,6 +414,9 @@ fn parse_socket(p: &[u8]) -> Result<Socket, SocketError> {
                 "attribute length {len} with {} bytes left",
                 attrs.len()
             )));
+        }
+        if u16_at(attrs, 2) & NLA_TYPE_MASK == INET_DIAG_SKMEMINFO && len >= 4 + 4 * (SK_MEMINFO_DROPS + 1) {
+            drops = Some(u32_at(attrs, 4 + 4 * SK_MEMINFO_DROPS));
         }
         if u16_at(attrs, 2) & NLA_TYPE_MASK == INET_DIAG_INFO {
             let (tcp_info, counters) = parse_tcp_info(&attrs[4..len])?;
@@ -418,6 +438,7 @@ fn parse_socket(p: &[u8]) -> Result<Socket, SocketError> {
         inode: u64::from(u32_at(p, 68)),
         cookie: Some(cookie),
         info,
+        drops,
     })
 }
 

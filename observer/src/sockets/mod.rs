@@ -205,6 +205,10 @@ pub struct Socket {
     pub cookie: Option<u64>,
     /// tcp_info, when it was asked for and the kernel gave it.
     pub info: Option<TcpInfo>,
+    /// Segments the kernel dropped on this socket (`sk_drops`; for a listener, its share of ListenDrops), when
+    /// the source gives it.
+    #[serde(default)]
+    pub drops: Option<u32>,
 }
 
 impl Socket {
@@ -302,6 +306,7 @@ mod tests {
             inode: 0,
             cookie: None,
             info: None,
+            drops: None,
         };
         let dst: SocketAddr = "10.0.0.1:80".parse().unwrap();
         assert!(sock("0.0.0.0:80").listens_for(dst));

@@ -214,6 +214,7 @@ fn parse_row(line: &str, v6: bool, order: WordOrder, ticks: u64) -> Result<ProcR
             inode,
             cookie: None,
             info: None,
+            drops: None,
         },
         sl,
         when_ticks,

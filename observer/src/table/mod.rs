@@ -225,6 +225,7 @@ pub(crate) mod tests {
             inode: 0,
             cookie: None,
             info: None,
+            drops: None,
         }
     }
 
