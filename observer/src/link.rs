@@ -8,20 +8,21 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
 };
 
 use observer_common::{
     ArpRecord, TcpRecord,
     record::{DIR_EGRESS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    sock::{
-        AF_INET, SOCK_EV_DESTROY, SOCK_EV_DROP, SOCK_EV_RCVQ_FULL, SOCK_EV_RECEIVE_RESET, SOCK_EV_RETRANSMIT_SKB,
-        SOCK_EV_RETRANSMIT_SYNACK, SOCK_EV_SEND_RESET, SOCK_EV_STATE, SOCK_F_NO_TUPLE, SOCK_F_QUEUES, SockRecord,
-    },
+    sock::SockRecord,
 };
 use serde::Serialize;
 
-use crate::sockets::{Socket, TcpState, canonical, process::Owner, tcpext::TcpExt};
+use crate::{
+    kevents::{SockEvent, SockEventKind},
+    render::{tcp_dst, tcp_src},
+    sockets::{Socket, TcpState, canonical, listener_for, process::Owner, tcpext::TcpExt},
+};
 
 /// Default time an item waits for its consequences before it is printed, in nanoseconds.
 pub const DEFAULT_HOLD_NS: u64 = 100_000_000;
@@ -53,8 +54,8 @@ impl Tuple {
 
     /// The local socket's tuple of a captured segment: the destination is local on ingress, the source on egress.
     pub fn of_segment(rec: &TcpRecord) -> Self {
-        let src = SocketAddr::new(record_ip(rec.ip_version, &rec.saddr), rec.sport);
-        let dst = SocketAddr::new(record_ip(rec.ip_version, &rec.daddr), rec.dport);
+        let src = SocketAddr::new(tcp_src(rec), rec.sport);
+        let dst = SocketAddr::new(tcp_dst(rec), rec.dport);
         if rec.header.direction == DIR_EGRESS {
             Tuple::new(src, dst)
         } else {
@@ -65,15 +66,6 @@ impl Tuple {
     /// The tuple of a socket-table row.
     pub fn of_socket(s: &Socket) -> Self {
         Tuple::new(s.local, s.remote)
-    }
-}
-
-/// The IP address of a record's 16-byte address field.
-pub fn record_ip(ip_version: u8, a: &[u8; 16]) -> IpAddr {
-    if ip_version == 4 {
-        IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(*a))
     }
 }
 
@@ -124,50 +116,37 @@ impl Input {
     /// The linker's input for a socket event from the kernel (None for an event it has no use for, or a
     /// state outside the kernel's numbering). `reason_name` names a reset or drop reason number.
     pub fn from_sock(r: &SockRecord, reason_name: impl Fn(u8, u32) -> String) -> Option<Input> {
-        let ip = |b: &[u8; 16]| {
-            if r.family == AF_INET {
-                IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-            } else {
-                IpAddr::V6(Ipv6Addr::from(*b))
-            }
-        };
-        let tuple = (r.flags & SOCK_F_NO_TUPLE == 0).then(|| {
-            Tuple::new(
-                SocketAddr::new(ip(&r.saddr), r.sport),
-                SocketAddr::new(ip(&r.daddr), r.dport),
-            )
-        });
-        let state = TcpState::from_kernel(r.state);
-        let listener = (r.flags & SOCK_F_QUEUES != 0).then(|| ListenerView {
+        let e = SockEvent::from_record(r)?;
+        let tuple = e.local.zip(e.remote).map(|(l, r)| Tuple::new(l, r));
+        let listener = e.queues.map(|q| ListenerView {
             addr: tuple.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |t| t.local),
-            synq: r.synq,
-            accept: r.ack_backlog,
-            limit: Some(r.max_ack_backlog),
+            synq: q.syn_queue,
+            accept: q.accept_queue,
+            limit: Some(q.accept_limit),
         });
         let reason = || reason_name(r.event, r.reason);
-        let in_state = || state.map(|s| format!(" in {}", s.name())).unwrap_or_default();
-        let (event, what) = match r.event {
-            SOCK_EV_STATE => {
+        let in_state = || e.state.map(|s| format!(" in {}", s.name())).unwrap_or_default();
+        let (event, what) = match e.kind {
+            SockEventKind::State => {
                 return Some(Input::State(StateChange {
-                    ts_ns: r.ts_ns,
+                    ts_ns: e.ts_ns,
                     tuple: tuple?,
-                    old: TcpState::from_kernel(r.old_state)?,
-                    new: state?,
+                    old: e.old_state?,
+                    new: e.state?,
                 }));
             }
-            SOCK_EV_DESTROY => return Some(Input::Destroyed(tuple?)),
-            SOCK_EV_RETRANSMIT_SYNACK => ("synack_retransmit", "SYN-ACK retransmitted".to_owned()),
-            SOCK_EV_RETRANSMIT_SKB => ("retransmit", format!("segment retransmitted{}", in_state())),
-            SOCK_EV_SEND_RESET => ("reset_sent", format!("RST sent{} ({})", in_state(), reason())),
-            SOCK_EV_RECEIVE_RESET => ("reset_received", format!("RST received{}", in_state())),
-            SOCK_EV_RCVQ_FULL => ("rcvq_full", "receive queue full, segment dropped".to_owned()),
+            SockEventKind::Destroy => return Some(Input::Destroyed(tuple?)),
+            SockEventKind::RetransmitSynack => ("synack_retransmit", "SYN-ACK retransmitted".to_owned()),
+            SockEventKind::RetransmitSkb => ("retransmit", format!("segment retransmitted{}", in_state())),
+            SockEventKind::SendReset => ("reset_sent", format!("RST sent{} ({})", in_state(), reason())),
+            SockEventKind::ReceiveReset => ("reset_received", format!("RST received{}", in_state())),
+            SockEventKind::RcvqFull => ("rcvq_full", "receive queue full, segment dropped".to_owned()),
             // QUEUE_PURGE is a closing socket freeing what it had queued, not a segment lost on its way.
-            SOCK_EV_DROP if reason() == "QUEUE_PURGE" => return None,
-            SOCK_EV_DROP => ("drop", format!("segment dropped{} ({})", in_state(), reason())),
-            _ => return None,
+            SockEventKind::Drop if reason() == "QUEUE_PURGE" => return None,
+            SockEventKind::Drop => ("drop", format!("segment dropped{} ({})", in_state(), reason())),
         };
         Some(Input::Note(KernelNote {
-            ts_ns: r.ts_ns,
+            ts_ns: e.ts_ns,
             tuple,
             event: event.to_owned(),
             what,
@@ -895,18 +874,10 @@ impl<K: Kernel> Linker<K> {
     }
 
     fn find_listener(&mut self, local: SocketAddr) -> Option<Socket> {
-        let best = |ls: &[Socket]| -> Option<Socket> {
-            // An exact address beats a wildcard, as in the kernel's lookup.
-            ls.iter()
-                .filter(|s| s.listens_for(local))
-                .max_by_key(|s| !s.local.ip().is_unspecified())
-                .cloned()
-        };
-        if let Some(s) = best(&self.listeners) {
-            return Some(s);
+        if listener_for(&self.listeners, local).is_none() {
+            self.refresh_listeners();
         }
-        self.refresh_listeners();
-        best(&self.listeners)
+        listener_for(&self.listeners, local).map(|i| self.listeners[i].clone())
     }
 
     fn listener_view(&mut self, local: SocketAddr) -> Option<ListenerView> {
@@ -915,15 +886,10 @@ impl<K: Kernel> Linker<K> {
         if let Some(v) = self.views.get(&l.local) {
             return Some(v.clone());
         }
-        let synq = self
-            .kernel
-            .syn_recv(l.local.port())
+        let reqs = self.kernel.syn_recv(l.local.port());
+        let synq = reqs
             .iter()
-            .filter(|r| {
-                let ip = canonical(r.local.ip());
-                let lip = canonical(l.local.ip());
-                lip.is_unspecified() || ip == lip
-            })
+            .filter(|r| listener_for(&self.listeners, r.local).is_some_and(|i| self.listeners[i].local == l.local))
             .count();
         let view = ListenerView {
             addr: l.local,
@@ -956,10 +922,11 @@ fn is_synack(r: &TcpRecord) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::net::IpAddr;
+
     use observer_common::record::{DIR_INGRESS, KIND_TCP};
 
     use super::*;
-    use crate::sockets::Timer;
 
     /// A kernel whose answers the test sets.
     #[derive(Default)]
@@ -996,18 +963,8 @@ mod tests {
 
     fn sock(local: SocketAddr, remote: SocketAddr, state: TcpState) -> Socket {
         Socket {
-            local,
-            remote,
-            state,
-            recv_q: 0,
-            send_q: 0,
             backlog_limit: (state == TcpState::Listen).then_some(4),
-            timer: Timer::default(),
-            uid: 0,
-            inode: 0,
-            cookie: None,
-            info: None,
-            drops: None,
+            ..Socket::new(local, remote, state)
         }
     }
 

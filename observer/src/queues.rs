@@ -29,6 +29,7 @@ use crate::{
     sockets::{
         Socket, TcpState,
         diag::{Diag, Families, Query},
+        listener_for,
         process::{Owner, ProcessMap},
         tcpext::{self, Limits, TcpExt},
     },
@@ -77,16 +78,6 @@ pub struct Snapshot {
     pub since_start: HashMap<&'static str, u64>,
     /// The namespace's limits.
     pub limits: Option<Limits>,
-}
-
-/// The listener among `listeners` that takes segments for `local` (an exact address beats a wildcard).
-pub fn listener_for(listeners: &[Socket], local: SocketAddr) -> Option<usize> {
-    listeners
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| l.listens_for(local))
-        .max_by_key(|(_, l)| !l.local.ip().is_unspecified())
-        .map(|(i, _)| i)
 }
 
 /// Listener rows from a full table: SYN queue and established children counted from the table's rows.
@@ -334,22 +325,13 @@ async fn live(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{link::Tuple, sockets::Timer};
+    use crate::link::Tuple;
 
     fn sock(local: &str, remote: &str, state: TcpState, recv_q: u32) -> Socket {
         Socket {
-            local: local.parse().unwrap(),
-            remote: remote.parse().unwrap(),
-            state,
             recv_q,
-            send_q: 0,
             backlog_limit: (state == TcpState::Listen).then_some(4),
-            timer: Timer::default(),
-            uid: 0,
-            inode: 0,
-            cookie: None,
-            info: None,
-            drops: None,
+            ..Socket::new(local.parse().unwrap(), remote.parse().unwrap(), state)
         }
     }
 

@@ -63,6 +63,26 @@ impl Netns {
         cmd
     }
 
+    /// Drops, in this namespace's output path, every pure ACK to `dport`: a client here never completes its
+    /// handshakes with that port, so the server keeps half-open request socks (and retransmits its SYN-ACKs).
+    pub fn drop_final_acks(&self, dport: u16) -> anyhow::Result<()> {
+        let rule = format!("tcp dport {dport} tcp flags & (syn | ack | fin | rst) == ack drop");
+        run(self.command("nft").args(["add", "table", "inet", "obs_final_ack"]))?;
+        run(self.command("nft").args([
+            "add",
+            "chain",
+            "inet",
+            "obs_final_ack",
+            "out",
+            "{ type filter hook output priority 0 ; }",
+        ]))?;
+        run(self
+            .command("nft")
+            .args(["add", "rule", "inet", "obs_final_ack", "out"])
+            .args(rule.split(' ')))?;
+        Ok(())
+    }
+
     /// Runs `f` on a new thread that has entered the namespace, and returns its result.
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
         self.spawn(f)?

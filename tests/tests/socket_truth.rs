@@ -5,7 +5,6 @@
 //! namespace with `ip netns exec`, as a user would run it inside a guest.
 
 use std::{
-    collections::HashMap,
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::FromRawFd as _,
     thread,
@@ -75,16 +74,11 @@ fn connect(ns: &Netns, target: SocketAddr, timeout: Duration) -> thread::JoinHan
 }
 
 /// TcpExt counters of `ns`, read from the kernel's own /proc/net/netstat inside it.
-fn tcpext(ns: &Netns) -> HashMap<String, u64> {
+fn tcpext(ns: &Netns) -> std::collections::BTreeMap<String, u64> {
     let text = netns::run(ns.command("cat").arg("/proc/net/netstat")).expect("reading /proc/net/netstat");
-    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("TcpExt:")).collect();
-    assert_eq!(lines.len(), 2, "TcpExt header and values in {text}");
-    lines[0]
-        .split_whitespace()
-        .zip(lines[1].split_whitespace())
-        .skip(1)
-        .map(|(k, v)| (k.to_owned(), v.parse().expect("counter value")))
-        .collect()
+    observer::sockets::tcpext::parse(&text, "/proc/net/netstat")
+        .expect("TcpExt counters")
+        .all
 }
 
 /// `ss -ltn` rows of `ns` for local `addr:port`: (Recv-Q, Send-Q).
@@ -336,14 +330,7 @@ fn syn_queue_count_equals_the_syn_recv_rows() {
     let target: SocketAddr = local.parse().expect("address");
     let _listener = listen(&pair.b, &pair.b_addr, port, 64);
     // The client's final ACKs never leave: every connection stays half-open on the server.
-    let rule = format!("add rule inet obs out tcp dport {port} tcp flags & (syn | ack | fin | rst) == ack drop");
-    for r in [
-        "add table inet obs",
-        "add chain inet obs out { type filter hook output priority 0 ; }",
-        &rule,
-    ] {
-        netns::run(pair.a.command("nft").args(r.split(' '))).expect("nft rule");
-    }
+    pair.a.drop_final_acks(port).expect("nft rule");
     let agent = Agent::start(&pair.b, &["watch", "-i", &pair.b_if, "--port", &port.to_string()]).expect("agent");
     let clients: Vec<TcpStream> = (0..6)
         .map(|_| {
@@ -538,14 +525,7 @@ fn syn_queue_overflow_is_labelled_one_for_one_with_reqq_full_drops() {
     // Without syncookies a full SYN queue drops SYNs (TCPReqQFullDrop) instead of answering with a cookie.
     netns::run(pair.b.command("sysctl").args(["-qw", "net.ipv4.tcp_syncookies=0"])).expect("sysctl");
     let _listener = listen(&pair.b, &pair.b_addr, port, 4);
-    let rule = format!("add rule inet obs out tcp dport {port} tcp flags & (syn | ack | fin | rst) == ack drop");
-    for r in [
-        "add table inet obs",
-        "add chain inet obs out { type filter hook output priority 0 ; }",
-        &rule,
-    ] {
-        netns::run(pair.a.command("nft").args(r.split(' '))).expect("nft rule");
-    }
+    pair.a.drop_final_acks(port).expect("nft rule");
     let agent = Agent::start(&pair.b, &["watch", "-i", &pair.b_if, "--port", &port.to_string()]).expect("agent");
     let before = tcpext(&pair.b);
     // Five request socks fill a queue whose limit is the backlog (the kernel drops when the count exceeds 4).

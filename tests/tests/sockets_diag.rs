@@ -11,7 +11,7 @@ use std::{
     io::{Read, Write},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::{AsRawFd, FromRawFd},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -21,7 +21,6 @@ use observer::sockets::{
     diag::{Diag, Families, Query},
 };
 use tests::{
-    conns::Conns,
     netns::{Netns, run},
     require,
 };
@@ -170,24 +169,6 @@ fn open_scenario(diag: &mut Diag) -> anyhow::Result<Scenario> {
     })
 }
 
-fn drop_final_ack(ns: &Netns, port: u16) -> anyhow::Result<()> {
-    run(ns.command("nft").args(["add", "table", "inet", "obs_diag"]))?;
-    run(ns.command("nft").args([
-        "add",
-        "chain",
-        "inet",
-        "obs_diag",
-        "out",
-        "{ type filter hook output priority 0 ; }",
-    ]))?;
-    let rule = format!("tcp dport {port} tcp flags & (syn | ack | fin | rst) == ack drop");
-    run(ns
-        .command("nft")
-        .args(["add", "rule", "inet", "obs_diag", "out"])
-        .args(rule.split(' ')))?;
-    Ok(())
-}
-
 fn keys(socks: &[Socket]) -> BTreeSet<(SocketAddr, SocketAddr)> {
     socks.iter().map(Socket::key).collect()
 }
@@ -320,48 +301,6 @@ fn dump_matches_ss_and_lookup_finds_every_row() {
         return;
     }
     let ns = Netns::new("diag").expect("namespace");
-    drop_final_ack(&ns, PORT_HALF).expect("nft rule");
+    ns.drop_final_acks(PORT_HALF).expect("nft rule");
     ns.enter(check).expect("thread").unwrap_or_else(|e| panic!("{e:#}"));
-}
-
-/// Prints how long a full dump of a table of `OBS_DIAG_SOCKETS` (default 10,000) sockets takes, against
-/// `ss -tan` on the same table. Run with `cargo test -p tests --test sockets_diag -- --ignored --nocapture`.
-#[test]
-#[ignore = "timing print, not an assertion"]
-fn dump_speed_against_ss() {
-    let test = "dump_speed_against_ss";
-    if !require::root(test) || !require::tool(test, "ss") {
-        return;
-    }
-    let sockets: usize = std::env::var("OBS_DIAG_SOCKETS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let conns = Conns::open("diagspeed", sockets / 2).expect("connections");
-    let expected = conns.sockets();
-    let result = conns.ns().enter(move || -> anyhow::Result<()> {
-        let mut diag = Diag::open()?;
-        let mut best_dump = Duration::MAX;
-        let mut best_ss = Duration::MAX;
-        let mut count = 0;
-        for _ in 0..5 {
-            let t = Instant::now();
-            count = 0;
-            diag.dump_with(&Query::all(), |_| count += 1)?;
-            best_dump = best_dump.min(t.elapsed());
-            let t = Instant::now();
-            let out = Command::new("ss").arg("-tan").stdout(Stdio::null()).status()?;
-            best_ss = best_ss.min(t.elapsed());
-            ensure!(out.success(), "ss -tan: {out}");
-        }
-        ensure!(count >= expected, "dump saw {count} sockets, {expected} are open");
-        println!(
-            "{count} sockets: Diag::dump_with {:.1} ms, ss -tan {:.1} ms (best of 5), ratio {:.3}",
-            best_dump.as_secs_f64() * 1e3,
-            best_ss.as_secs_f64() * 1e3,
-            best_dump.as_secs_f64() / best_ss.as_secs_f64()
-        );
-        Ok(())
-    });
-    result.expect("thread").unwrap_or_else(|e| panic!("{e:#}"));
 }

@@ -118,13 +118,7 @@ fn proc_table_agrees_with_netstat_in_a_namespace() {
     }
     let ns = Netns::new("proctab").expect("namespace");
     // The client's final ACK to 7081 is dropped: its listener keeps a half-open request sock.
-    for cmd in [
-        "add table inet obs",
-        "add chain inet obs out { type filter hook output priority 0; }",
-        "add rule inet obs out tcp dport 7081 tcp flags & (syn | ack | fin | rst) == ack drop",
-    ] {
-        run(ns.command("nft").arg(cmd)).expect("nft");
-    }
+    ns.drop_final_acks(7081).expect("nft");
     let held = ns
         .enter(|| {
             let mut h = Held::default();

@@ -212,6 +212,24 @@ pub struct Socket {
 }
 
 impl Socket {
+    /// A socket with these endpoints and state, empty queues, no timer, owner or extras.
+    pub fn new(local: SocketAddr, remote: SocketAddr, state: TcpState) -> Socket {
+        Socket {
+            local,
+            remote,
+            state,
+            recv_q: 0,
+            send_q: 0,
+            backlog_limit: None,
+            timer: Timer::default(),
+            uid: 0,
+            inode: 0,
+            cookie: None,
+            info: None,
+            drops: None,
+        }
+    }
+
     /// True for a tcp6 socket (netstat's `tcp6`, /proc/net/tcp6).
     pub fn is_v6(&self) -> bool {
         self.local.is_ipv6()
@@ -235,6 +253,17 @@ impl Socket {
             ip => canonical(ip) == dst_ip,
         }
     }
+}
+
+/// The listener among `listeners` that takes segments for `local` (an exact address beats a wildcard, as in the
+/// kernel's lookup).
+pub fn listener_for(listeners: &[Socket], local: SocketAddr) -> Option<usize> {
+    listeners
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.listens_for(local))
+        .max_by_key(|(_, l)| !l.local.ip().is_unspecified())
+        .map(|(i, _)| i)
 }
 
 /// An IPv4-mapped IPv6 address as IPv4, anything else unchanged.
@@ -294,20 +323,7 @@ mod tests {
 
     #[test]
     fn listener_matching_follows_wildcards_and_mapped_addresses() {
-        let sock = |local: &str| Socket {
-            local: local.parse().unwrap(),
-            remote: "0.0.0.0:0".parse().unwrap(),
-            state: TcpState::Listen,
-            recv_q: 0,
-            send_q: 0,
-            backlog_limit: None,
-            timer: Timer::default(),
-            uid: 0,
-            inode: 0,
-            cookie: None,
-            info: None,
-            drops: None,
-        };
+        let sock = |local: &str| Socket::new(local.parse().unwrap(), "0.0.0.0:0".parse().unwrap(), TcpState::Listen);
         let dst: SocketAddr = "10.0.0.1:80".parse().unwrap();
         assert!(sock("0.0.0.0:80").listens_for(dst));
         assert!(sock("[::]:80").listens_for(dst));

@@ -204,28 +204,17 @@ pub(crate) mod tests {
     use std::net::SocketAddr;
 
     use super::*;
-    use crate::sockets::{Timer, TimerKind};
 
     /// A socket with the given endpoints, state and queues; the rest empty.
     pub(crate) fn sock(local: &str, remote: &str, state: TcpState, recv_q: u32, send_q: u32) -> Socket {
         Socket {
-            local: local.parse::<SocketAddr>().expect("local address"),
-            remote: remote.parse::<SocketAddr>().expect("remote address"),
-            state,
             recv_q,
             send_q,
-            backlog_limit: None,
-            timer: Timer {
-                kind: TimerKind::Off,
-                expires_ms: 0,
-                retransmits: 0,
-                probes: 0,
-            },
-            uid: 0,
-            inode: 0,
-            cookie: None,
-            info: None,
-            drops: None,
+            ..Socket::new(
+                local.parse::<SocketAddr>().expect("local address"),
+                remote.parse::<SocketAddr>().expect("remote address"),
+                state,
+            )
         }
     }
 
