@@ -31,8 +31,10 @@ pub struct Config {
     pub mode: u8,
     /// Non-zero: records are reserved and then discarded instead of submitted (benchmarks only).
     pub discard: u8,
+    /// Non-zero: packet records carry the frame's header bytes (`record::Snap`), for `--write`.
+    pub snap: u8,
     /// Explicit padding.
-    pub _pad: [u8; 4],
+    pub _pad: [u8; 3],
 }
 
 const _: () = assert!(core::mem::size_of::<Config>() == 152);

@@ -12,9 +12,9 @@
 use crate::{
     counter::Counter,
     record::{
-        ArpRecord, KIND_ARP, KIND_TCP, MAX_OPTION_KINDS, MAX_SACK_BLOCKS, MAX_VLAN_TAGS, OPT_MSS, OPT_SACK,
-        OPT_SACK_PERM, OPT_TIMESTAMP, OPT_UNKNOWN, OPT_WSCALE, OPTKIND_EOL, OPTKIND_MSS, OPTKIND_NOP, OPTKIND_SACK,
-        OPTKIND_SACK_PERM, OPTKIND_TIMESTAMP, OPTKIND_WSCALE, RecordHeader, TcpRecord,
+        ArpRecord, HDR_VLAN_OFFLOADED, KIND_ARP, KIND_TCP, MAX_OPTION_KINDS, MAX_SACK_BLOCKS, MAX_VLAN_TAGS, OPT_MSS,
+        OPT_SACK, OPT_SACK_PERM, OPT_TIMESTAMP, OPT_UNKNOWN, OPT_WSCALE, OPTKIND_EOL, OPTKIND_MSS, OPTKIND_NOP,
+        OPTKIND_SACK, OPTKIND_SACK_PERM, OPTKIND_TIMESTAMP, OPTKIND_WSCALE, RecordHeader, SNAP_LEN, Snap, TcpRecord,
     },
 };
 
@@ -74,6 +74,10 @@ pub trait Frame {
     /// Fills `buf[..len]` from `offset`; `len` is 1..=[`MAX_OPTIONS_LEN`]. `None` past the end of the frame.
     fn load_options(&self, offset: usize, buf: &mut OptionBuf, len: usize) -> Option<()>;
 
+    /// Fills `snap.bytes[..len]` from the start of the frame; `len` is 1..=[`SNAP_LEN`]. `None` past the end of
+    /// the frame.
+    fn load_prefix(&self, snap: &mut Snap, len: usize) -> Option<()>;
+
     /// The VLAN id the NIC or stack took out of the frame into metadata (TC only).
     fn offloaded_vlan(&self) -> Option<u16> {
         None
@@ -107,6 +111,11 @@ impl Frame for [u8] {
         dst.copy_from_slice(self.get(offset..offset.checked_add(len)?)?);
         Some(())
     }
+
+    fn load_prefix(&self, snap: &mut Snap, len: usize) -> Option<()> {
+        snap.bytes.get_mut(..len)?.copy_from_slice(self.get(..len)?);
+        Some(())
+    }
 }
 
 /// The link layer of a frame: addresses, VLAN tags and where the payload starts.
@@ -120,6 +129,8 @@ pub struct Link {
     pub vlan_ids: [u16; MAX_VLAN_TAGS],
     /// Valid entries in `vlan_ids`.
     pub vlan_count: u8,
+    /// Whether `vlan_ids[0]` came from metadata rather than the frame.
+    pub vlan_offloaded: bool,
     /// EtherType after the VLAN tags.
     pub ethertype: u16,
     /// Offset of the network header.
@@ -134,6 +145,9 @@ impl Link {
         h.eth_src = self.eth_src;
         h.vlan_ids = self.vlan_ids;
         h.vlan_count = self.vlan_count;
+        if self.vlan_offloaded {
+            h.flags |= HDR_VLAN_OFFLOADED;
+        }
         h.kind = kind;
         h.wire_len = wire_len as u32;
     }
@@ -190,6 +204,7 @@ pub fn parse_link<F: Frame + ?Sized>(f: &F) -> Result<(Link, Payload), Counter> 
     let mut count = 0usize;
     if let Some(vid) = f.offloaded_vlan() {
         link.vlan_ids[0] = vid & 0x0fff;
+        link.vlan_offloaded = true;
         count = 1;
     }
     // Bounded loop: one pass per possible tag, plus one to detect a third.
@@ -326,13 +341,19 @@ pub fn is_ipv6_extension(next: u8) -> bool {
 }
 
 /// Parses the IP header and the TCP segment behind `link` into `rec` (header fields other than link ones are
-/// left to the caller), loading the TCP options into `buf`.
+/// left to the caller), loading the TCP options into `buf`; `headers_end` gets the offset where the TCP header
+/// ends once it is known.
+///
+/// Verifier: `headers_end` is written through a volatile store before the option walk, so that no register
+/// holds it during the walk; the verifier does not track map memory, so its walk states do not multiply by
+/// the many possible ends (keeping it live exceeded the 1,000,000-instruction limit).
 #[inline(always)]
 pub fn parse_tcp<F: Frame + ?Sized>(
     f: &F,
     link: &Link,
     rec: &mut TcpRecord,
     buf: &mut OptionBuf,
+    headers_end: &mut usize,
 ) -> Result<(), Counter> {
     link.fill(&mut rec.header, KIND_TCP, f.len());
     let seg = if link.ethertype == ETH_P_IP {
@@ -357,6 +378,8 @@ pub fn parse_tcp<F: Frame + ?Sized>(
     }
     rec.header_len = header_len as u8;
     rec.payload_len = (seg.len - header_len) as u16;
+    // SAFETY: a valid, exclusive reference.
+    unsafe { core::ptr::write_volatile(headers_end, seg.offset + header_len) };
     let opt_len = header_len - 20;
     if opt_len == 0 {
         return Ok(());
@@ -469,6 +492,23 @@ pub fn parse_arp<F: Frame + ?Sized>(f: &F, link: &Link, rec: &mut ArpRecord) -> 
     Ok(())
 }
 
+/// Copies the frame's first `end` bytes, at most [`SNAP_LEN`], into `snap` (cleared first); `false` when the
+/// frame is shorter than that, leaving `snap.len` zero.
+#[inline(always)]
+pub fn copy_headers<F: Frame + ?Sized>(f: &F, end: usize, snap: &mut Snap) -> bool {
+    crate::mem::clear(snap);
+    let len = if end > SNAP_LEN { SNAP_LEN } else { end };
+    // Verifier: the load helpers take a length register that must be provably in 1..=SNAP_LEN.
+    if len == 0 || len > SNAP_LEN {
+        return false;
+    }
+    if f.load_prefix(snap, len).is_none() {
+        return false;
+    }
+    snap.len = len as u16;
+    true
+}
+
 /// A parsed frame, as the host side and the tests see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Parsed {
@@ -485,7 +525,7 @@ pub fn parse_frame<F: Frame + ?Sized>(f: &F) -> Result<Parsed, Counter> {
     match payload {
         Payload::Ip => {
             let mut rec = TcpRecord::default();
-            parse_tcp(f, &link, &mut rec, &mut OptionBuf::default())?;
+            parse_tcp(f, &link, &mut rec, &mut OptionBuf::default(), &mut 0)?;
             Ok(Parsed::Tcp(rec))
         }
         Payload::Arp => {

@@ -27,6 +27,17 @@ pub const DIR_INGRESS: u8 = 0;
 /// `RecordHeader::direction`: sent by the interface.
 pub const DIR_EGRESS: u8 = 1;
 
+/// `RecordHeader::flags`: a [`Snap`] trailer follows the record (the form `--write` asks for).
+pub const HDR_SNAP: u8 = 0x01;
+/// `RecordHeader::flags`: `vlan_ids[0]` came from the skb's metadata (an offloaded tag), not from the frame's
+/// bytes, so a [`Snap`] does not contain it.
+pub const HDR_VLAN_OFFLOADED: u8 = 0x02;
+
+/// Most frame bytes a [`Snap`] carries: Ethernet with two VLAN tags (22), IPv4 with options (60) and TCP with
+/// options (60) need 142; the rest leaves IPv6 (40) room for 70 bytes of extension headers beside the
+/// longest TCP header. Longer headers are cut at this length.
+pub const SNAP_LEN: usize = 192;
+
 /// TCP flag bits as in byte 13 of the TCP header.
 pub const TCP_FIN: u8 = 0x01;
 /// SYN flag bit.
@@ -103,8 +114,10 @@ pub struct RecordHeader {
     pub vlan_count: u8,
     /// VLAN ids (12 bits), outer first.
     pub vlan_ids: [u16; MAX_VLAN_TAGS],
+    /// `HDR_*` bits.
+    pub flags: u8,
     /// Explicit padding to 8-byte alignment.
-    pub _pad: [u8; 4],
+    pub _pad: [u8; 3],
 }
 
 /// One SACK block: left and right edge, absolute sequence numbers.
@@ -191,6 +204,56 @@ pub struct ArpRecord {
     pub _pad: [u8; 2],
 }
 
+/// The first bytes of a frame: Ethernet through the end of the TCP options, or the whole ARP frame, cut at
+/// [`SNAP_LEN`]. Bytes past `len` are zero.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snap {
+    /// Valid bytes in `bytes`.
+    pub len: u16,
+    /// Explicit padding.
+    pub _pad: [u8; 6],
+    /// The frame's bytes from offset 0.
+    pub bytes: [u8; SNAP_LEN],
+}
+
+impl Default for Snap {
+    fn default() -> Self {
+        Snap {
+            len: 0,
+            _pad: [0; 6],
+            bytes: [0; SNAP_LEN],
+        }
+    }
+}
+
+impl Snap {
+    /// The valid bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes[..(self.len as usize).min(SNAP_LEN)]
+    }
+}
+
+/// A [`TcpRecord`] with the frame's header bytes (`header.flags` has [`HDR_SNAP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpSnapRecord {
+    /// The record as without `--write`.
+    pub record: TcpRecord,
+    /// The header bytes.
+    pub snap: Snap,
+}
+
+/// An [`ArpRecord`] with the frame's bytes (`header.flags` has [`HDR_SNAP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArpSnapRecord {
+    /// The record as without `--write`.
+    pub record: ArpRecord,
+    /// The frame's bytes.
+    pub snap: Snap,
+}
+
 /// ARP operation: request.
 pub const ARP_REQUEST: u16 = 1;
 /// ARP operation: reply.
@@ -203,6 +266,10 @@ const _: () = assert!(size_of::<RecordHeader>() == 40);
 const _: () = assert!(size_of::<TcpRecord>() == 152);
 const _: () = assert!(size_of::<ArpRecord>() == 64);
 const _: () = assert!(KIND_OFFSET == 28);
+const _: () = assert!(size_of::<Snap>() == 8 + SNAP_LEN);
+const _: () = assert!(size_of::<TcpSnapRecord>() == 152 + 8 + SNAP_LEN);
+const _: () = assert!(size_of::<ArpSnapRecord>() == 64 + 8 + SNAP_LEN);
+const _: () = assert!(SNAP_LEN >= 14 + 8 + 60 + 60 && SNAP_LEN.is_multiple_of(8) && SNAP_LEN <= u16::MAX as usize);
 
 impl TcpRecord {
     /// The source address as the IP version's bytes (4 or 16).
@@ -238,10 +305,14 @@ impl TcpRecord {
 unsafe impl crate::mem::Words for TcpRecord {}
 // SAFETY: as above.
 unsafe impl crate::mem::Words for ArpRecord {}
+// SAFETY: as above.
+unsafe impl crate::mem::Words for Snap {}
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] structs of integers and byte arrays with explicit padding.
     unsafe impl aya::Pod for super::TcpRecord {}
     unsafe impl aya::Pod for super::ArpRecord {}
+    unsafe impl aya::Pod for super::TcpSnapRecord {}
+    unsafe impl aya::Pod for super::ArpSnapRecord {}
 }

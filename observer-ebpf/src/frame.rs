@@ -14,6 +14,7 @@ use aya_ebpf::{
 use observer_common::{
     mem::copy_from,
     parse::{Frame, MAX_OPTIONS_LEN, OptionBuf},
+    record::{SNAP_LEN, Snap},
 };
 
 /// Largest offset read straight from the packet.
@@ -136,6 +137,15 @@ impl<C: Context> Frame for Packet<'_, C> {
             return None;
         }
         self.0.helper_load(offset, buf.0.as_mut_ptr(), len).then_some(())
+    }
+
+    #[inline(always)]
+    fn load_prefix(&self, snap: &mut Snap, len: usize) -> Option<()> {
+        // Verifier: the helper's length register must be provably in 1..=SNAP_LEN.
+        if len == 0 || len > SNAP_LEN {
+            return None;
+        }
+        self.0.helper_load(0, snap.bytes.as_mut_ptr(), len).then_some(())
     }
 
     #[inline(always)]

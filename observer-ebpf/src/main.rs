@@ -21,8 +21,11 @@ use observer_common::{
     Counter,
     config::MODE_CONTROL,
     mem::clear,
-    parse::{Frame, Payload, parse_arp, parse_link, parse_tcp},
-    record::{ArpRecord, DIR_EGRESS, DIR_INGRESS, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP, RecordHeader},
+    parse::{Frame, Payload, copy_headers, parse_arp, parse_link, parse_tcp},
+    record::{
+        ArpSnapRecord, DIR_EGRESS, DIR_INGRESS, HDR_SNAP, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP, RecordHeader,
+        TcpSnapRecord,
+    },
     sock::{
         SOCK_EV_DESTROY, SOCK_EV_DROP, SOCK_EV_RCVQ_FULL, SOCK_EV_RECEIVE_RESET, SOCK_EV_RETRANSMIT_SKB,
         SOCK_EV_RETRANSMIT_SYNACK, SOCK_EV_SEND_RESET, SOCK_EV_STATE,
@@ -102,9 +105,14 @@ fn parse_and_emit<F: Frame>(f: &F, hook: u8, direction: u8, ifindex: u32) -> Res
     match payload {
         Payload::Ip => {
             // Verifier: as above, slot 0 of a per-CPU array always exists.
-            let TcpScratch { record: rec, options } = scratch(&SCRATCH_TCP).ok_or(Counter::NotTcpOrArp)?;
+            let TcpScratch {
+                record: full,
+                options,
+                headers_end,
+            } = scratch(&SCRATCH_TCP).ok_or(Counter::NotTcpOrArp)?;
+            let TcpSnapRecord { record: rec, snap } = full;
             clear(rec);
-            parse_tcp(f, &link, rec, options)?;
+            parse_tcp(f, &link, rec, options, headers_end)?;
             if !cfg.allows_tcp(rec) {
                 return Err(Counter::Filtered);
             }
@@ -112,17 +120,32 @@ fn parse_and_emit<F: Frame>(f: &F, hook: u8, direction: u8, ifindex: u32) -> Res
                 return Err(Counter::ControlSuppressed);
             }
             stamp(&mut rec.header, hook, direction, ifindex);
-            emit(rec, cfg.discard != 0)
+            if cfg.snap == 0 {
+                return emit(rec, cfg.discard != 0);
+            }
+            // Verifier: read back from map memory, unbounded as far as it knows; copy_headers bounds it.
+            // SAFETY: a valid reference to this CPU's scratch.
+            let end = unsafe { core::ptr::read_volatile(headers_end) };
+            // A frame the parser read whole has its headers; a failed copy still emits the record (len 0).
+            copy_headers(f, end, snap);
+            rec.header.flags |= HDR_SNAP;
+            emit(full, cfg.discard != 0)
         }
         Payload::Arp => {
-            let rec: &mut ArpRecord = scratch(&SCRATCH_ARP).ok_or(Counter::NotTcpOrArp)?;
+            let full: &mut ArpSnapRecord = scratch(&SCRATCH_ARP).ok_or(Counter::NotTcpOrArp)?;
+            let ArpSnapRecord { record: rec, snap } = full;
             clear(rec);
             parse_arp(f, &link, rec)?;
             if !cfg.allows_arp(rec) {
                 return Err(Counter::Filtered);
             }
             stamp(&mut rec.header, hook, direction, ifindex);
-            emit(rec, cfg.discard != 0)
+            if cfg.snap == 0 {
+                return emit(rec, cfg.discard != 0);
+            }
+            copy_headers(f, f.len(), snap);
+            rec.header.flags |= HDR_SNAP;
+            emit(full, cfg.discard != 0)
         }
     }
 }

@@ -9,7 +9,7 @@ use observer_common::{
     control::{CONTROL_FLOWS_CAPACITY, ControlState, FlowKey, Update, decide},
     counter::CounterValues,
     parse::OptionBuf,
-    record::{ArpRecord, RING_BYTES, TcpRecord},
+    record::{ArpSnapRecord, RING_BYTES, TcpRecord, TcpSnapRecord},
     sock::SockConfig,
 };
 
@@ -36,10 +36,13 @@ pub static CONTROL_FLOWS: LruHashMap<FlowKey, ControlState> = LruHashMap::with_m
 /// The TCP record being built and its option buffer.
 #[repr(C)]
 pub struct TcpScratch {
-    /// The record, cleared for each frame.
-    pub record: TcpRecord,
+    /// The record, cleared for each frame, with room for the header bytes behind it; the trailer is filled
+    /// (and cleared) only when `Config::snap` asks for it.
+    pub record: TcpSnapRecord,
     /// The options of the frame; never cleared (only freshly loaded bytes are read).
     pub options: OptionBuf,
+    /// Where the frame's TCP header ends (see `parse_tcp`).
+    pub headers_end: usize,
 }
 
 /// Per-CPU scratch for the TCP record being built: it does not fit the 512-byte BPF stack beside the parser.
@@ -48,7 +51,7 @@ pub static SCRATCH_TCP: PerCpuArray<TcpScratch> = PerCpuArray::with_max_entries(
 
 /// Per-CPU scratch for the ARP record being built, for the same stack reason.
 #[map]
-pub static SCRATCH_ARP: PerCpuArray<ArpRecord> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH_ARP: PerCpuArray<ArpSnapRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// This CPU's scratch slot of `map`.
 #[allow(

@@ -3,17 +3,23 @@
 use core::mem::size_of;
 
 use observer_common::{
-    record::{ArpRecord, KIND_ARP, KIND_OFFSET, KIND_TCP, RecordHeader, TcpRecord},
+    record::{
+        ArpRecord, ArpSnapRecord, HDR_SNAP, KIND_ARP, KIND_OFFSET, KIND_TCP, RecordHeader, Snap, TcpRecord,
+        TcpSnapRecord,
+    },
     sock::{KIND_SOCK, SockRecord},
 };
+
+/// Byte offset of `RecordHeader::flags`, which tells the form with header bytes from the plain one.
+const FLAGS_OFFSET: usize = core::mem::offset_of!(RecordHeader, flags);
 
 /// One record read from the ring buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A TCP segment.
-    Tcp(TcpRecord),
-    /// An ARP packet.
-    Arp(ArpRecord),
+    /// A TCP segment, with the frame's header bytes when the capture copies them (`--write`).
+    Tcp(TcpRecord, Option<Snap>),
+    /// An ARP packet, with the frame's bytes when the capture copies them.
+    Arp(ArpRecord, Option<Snap>),
     /// A kernel socket event (see `crate::kevents`).
     Sock(SockRecord),
 }
@@ -22,8 +28,16 @@ impl Event {
     /// The packet header of a packet record (`None` for a socket event).
     pub fn header(&self) -> Option<&RecordHeader> {
         match self {
-            Event::Tcp(r) => Some(&r.header),
-            Event::Arp(r) => Some(&r.header),
+            Event::Tcp(r, _) => Some(&r.header),
+            Event::Arp(r, _) => Some(&r.header),
+            Event::Sock(_) => None,
+        }
+    }
+
+    /// The frame's header bytes of a packet record in the `--write` form.
+    pub fn snap(&self) -> Option<&Snap> {
+        match self {
+            Event::Tcp(_, s) | Event::Arp(_, s) => s.as_ref(),
             Event::Sock(_) => None,
         }
     }
@@ -31,8 +45,8 @@ impl Event {
     /// `bpf_ktime_get_boot_ns()` when the program ran, for every kind of record.
     pub fn ts_ns(&self) -> u64 {
         match self {
-            Event::Tcp(r) => r.header.ts_ns,
-            Event::Arp(r) => r.header.ts_ns,
+            Event::Tcp(r, _) => r.header.ts_ns,
+            Event::Arp(r, _) => r.header.ts_ns,
             Event::Sock(r) => r.ts_ns,
         }
     }
@@ -67,35 +81,34 @@ pub enum DecodeError {
     },
 }
 
-/// Decodes one ring-buffer entry by its kind byte, requiring the exact size of that kind's record.
+/// Decodes one ring-buffer entry by its kind byte (and, for packet records, the [`HDR_SNAP`] flag), requiring
+/// the exact size of that form.
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let len = bytes.len();
     let kind = *bytes.get(KIND_OFFSET).ok_or(DecodeError::Truncated { len })?;
-    match kind {
-        KIND_TCP => {
-            check_len(kind, len, size_of::<TcpRecord>())?;
-            // SAFETY: the length was checked; TcpRecord is repr(C) of integers and byte arrays, so every bit
-            // pattern is a valid value, and read_unaligned needs no alignment.
-            Ok(Event::Tcp(unsafe {
-                core::ptr::read_unaligned(bytes.as_ptr().cast::<TcpRecord>())
-            }))
+    let snap = bytes.get(FLAGS_OFFSET).is_some_and(|f| f & HDR_SNAP != 0);
+    match (kind, snap) {
+        (KIND_TCP, false) => Ok(Event::Tcp(read::<TcpRecord>(kind, bytes)?, None)),
+        (KIND_TCP, true) => {
+            let r = read::<TcpSnapRecord>(kind, bytes)?;
+            Ok(Event::Tcp(r.record, Some(r.snap)))
         }
-        KIND_ARP => {
-            check_len(kind, len, size_of::<ArpRecord>())?;
-            // SAFETY: as above, for ArpRecord.
-            Ok(Event::Arp(unsafe {
-                core::ptr::read_unaligned(bytes.as_ptr().cast::<ArpRecord>())
-            }))
+        (KIND_ARP, false) => Ok(Event::Arp(read::<ArpRecord>(kind, bytes)?, None)),
+        (KIND_ARP, true) => {
+            let r = read::<ArpSnapRecord>(kind, bytes)?;
+            Ok(Event::Arp(r.record, Some(r.snap)))
         }
-        KIND_SOCK => {
-            check_len(kind, len, size_of::<SockRecord>())?;
-            // SAFETY: as above, for SockRecord.
-            Ok(Event::Sock(unsafe {
-                core::ptr::read_unaligned(bytes.as_ptr().cast::<SockRecord>())
-            }))
-        }
+        (KIND_SOCK, _) => Ok(Event::Sock(read::<SockRecord>(kind, bytes)?)),
         _ => Err(DecodeError::UnknownKind { kind, len }),
     }
+}
+
+/// Reads a `T` from an entry of exactly its size.
+fn read<T: aya::Pod>(kind: u8, bytes: &[u8]) -> Result<T, DecodeError> {
+    check_len(kind, bytes.len(), size_of::<T>())?;
+    // SAFETY: the length was checked; `T: Pod` is repr(C) of integers and byte arrays, so every bit pattern is
+    // a valid value, and read_unaligned needs no alignment.
+    Ok(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
 fn check_len(kind: u8, len: usize, expected: usize) -> Result<(), DecodeError> {
@@ -123,7 +136,7 @@ mod tests {
         rec.sport = 443;
         rec.seq = 0xdead_beef;
         let bytes = bytes_of(&rec);
-        assert_eq!(decode(&bytes), Ok(Event::Tcp(rec)));
+        assert_eq!(decode(&bytes), Ok(Event::Tcp(rec, None)));
         assert_eq!(decode(&bytes).unwrap().ts_ns(), 42);
         assert_eq!(decode(&bytes).unwrap().header().map(|h| h.ts_ns), Some(42));
     }
@@ -157,7 +170,37 @@ mod tests {
         rec.sender_ip = [10, 0, 0, 1];
         let mut buf = vec![0u8];
         buf.extend(bytes_of(&rec));
-        assert_eq!(decode(&buf[1..]), Ok(Event::Arp(rec)));
+        assert_eq!(decode(&buf[1..]), Ok(Event::Arp(rec, None)));
+    }
+
+    #[test]
+    fn decodes_both_forms_by_the_snap_flag() {
+        let mut full = TcpSnapRecord::default();
+        full.record.header.kind = KIND_TCP;
+        full.record.header.flags = HDR_SNAP;
+        full.record.seq = 7;
+        full.snap.len = 3;
+        full.snap.bytes[..3].copy_from_slice(&[1, 2, 3]);
+        let event = decode(&bytes_of(&full)).unwrap();
+        assert_eq!(event, Event::Tcp(full.record, Some(full.snap)));
+        assert_eq!(event.snap().map(Snap::bytes), Some(&[1u8, 2, 3][..]));
+        // The flag set on a record of the plain size is a length error, not a misread.
+        assert_eq!(
+            decode(&bytes_of(&full.record)),
+            Err(DecodeError::WrongLength {
+                kind: KIND_TCP,
+                len: size_of::<TcpRecord>(),
+                expected: size_of::<TcpSnapRecord>()
+            })
+        );
+
+        let mut arp = ArpSnapRecord::default();
+        arp.record.header.kind = KIND_ARP;
+        arp.record.header.flags = HDR_SNAP;
+        arp.snap.len = 42;
+        let event = decode(&bytes_of(&arp)).unwrap();
+        assert_eq!(event, Event::Arp(arp.record, Some(arp.snap)));
+        assert_eq!(event.snap().map(|s| s.bytes().len()), Some(42));
     }
 
     #[test]

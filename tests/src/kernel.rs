@@ -8,7 +8,11 @@ use observer::{
     capture::{Capture, Counters, program},
     events::{self, Event},
 };
-use observer_common::{Config, Counter, parse::Parsed};
+use observer_common::{
+    Config, Counter,
+    parse::Parsed,
+    record::{HDR_SNAP, SNAP_LEN},
+};
 
 /// Which program a frame goes through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +65,8 @@ pub struct Run {
     pub data_out: Vec<u8>,
     /// Records it submitted.
     pub events: Vec<Event>,
+    /// Their sizes in bytes as read from the ring.
+    pub sizes: Vec<usize>,
     /// Counters that rose, with by how much.
     pub rose: Vec<(Counter, u64)>,
     /// The kernel's average time per repetition.
@@ -97,14 +103,16 @@ impl Kernel {
         }?;
         data_out.truncate(result.data_size_out as usize);
         let after = self.capture.counters()?;
-        let mut events = Vec::new();
+        let (mut events, mut sizes) = (Vec::new(), Vec::new());
         while let Some(item) = self.ring.next() {
+            sizes.push(item.len());
             events.push(events::decode(&item)?);
         }
         Ok(Run {
             verdict: result.return_value,
             data_out,
             events,
+            sizes,
             rose: rose(&before, &after),
             duration: result.duration,
         })
@@ -135,21 +143,58 @@ impl Run {
     }
 }
 
-/// The record as the host parser would produce it: time, hook, direction and ifindex cleared (`None` for a
-/// socket event, which no parser produces).
+/// How many bytes the `--write` form of `frame`'s record must carry: through the end of the TCP header, or the
+/// whole frame for ARP, at most [`SNAP_LEN`]. The IP header's place and length come from etherparse; `None`
+/// when it finds no IP header in a TCP frame.
+pub fn expected_snap_len(frame: &[u8], parsed: &Parsed) -> Option<usize> {
+    let end = match parsed {
+        Parsed::Arp(_) => frame.len(),
+        Parsed::Tcp(rec) => {
+            // The IP packet's end by its own length field, less the payload: the payload length is the one the
+            // oracle checked field by field, so this needs no walk of extension headers.
+            let sliced = etherparse::LaxSlicedPacket::from_ethernet(frame).ok()?;
+            let (start, ip_len) = match sliced.net? {
+                etherparse::LaxNetSlice::Ipv4(ip) => {
+                    (ip.header().slice().as_ptr(), usize::from(ip.header().total_len()))
+                }
+                etherparse::LaxNetSlice::Ipv6(ip) => (
+                    ip.header().slice().as_ptr(),
+                    40 + usize::from(ip.header().payload_length()),
+                ),
+                etherparse::LaxNetSlice::Arp(_) => return None,
+            };
+            (start as usize - frame.as_ptr() as usize + ip_len).checked_sub(usize::from(rec.payload_len))?
+        }
+    };
+    Some(end.min(SNAP_LEN))
+}
+
+impl Run {
+    /// The header bytes of the run's one packet record, if it carries them.
+    pub fn snap(&self) -> Option<&[u8]> {
+        match self.events.as_slice() {
+            [event] => event.snap().map(|s| s.bytes()),
+            _ => None,
+        }
+    }
+}
+
+/// The record as the host parser would produce it: time, hook, direction, ifindex and the header-bytes flag
+/// cleared (`None` for a socket event, which no parser produces).
 fn kernel_fields_cleared(event: &Event) -> Option<Parsed> {
     fn clear(h: &mut observer_common::RecordHeader) {
         h.ts_ns = 0;
         h.hook = 0;
         h.direction = 0;
         h.ifindex = 0;
+        h.flags &= !HDR_SNAP;
     }
     match *event {
-        Event::Tcp(mut r) => {
+        Event::Tcp(mut r, _) => {
             clear(&mut r.header);
             Some(Parsed::Tcp(r))
         }
-        Event::Arp(mut r) => {
+        Event::Arp(mut r, _) => {
             clear(&mut r.header);
             Some(Parsed::Arp(r))
         }

@@ -7,9 +7,10 @@ use observer_common::{
     Config, Counter,
     config::MODE_CONTROL,
     parse::{Parsed, parse_frame},
+    record::{ArpRecord, ArpSnapRecord, SNAP_LEN, TcpRecord, TcpSnapRecord},
 };
 use tests::{
-    kernel::{Kernel, Program, Run, TC_ACT_UNSPEC, XDP_PASS, runnable},
+    kernel::{Kernel, Program, Run, TC_ACT_UNSPEC, XDP_PASS, expected_snap_len, runnable},
     oracle::{self, Outcome},
     require,
 };
@@ -23,6 +24,16 @@ const PROGRAMS: [(Program, Counter); 3] = [
 /// Runs one frame and checks everything a run must satisfy; returns the outcome, or `None` when the kernel's
 /// test harness does not take this frame for this program (see `runnable`).
 fn check_frame(kernel: &mut Kernel, program: Program, seen: Counter, frame: &[u8]) -> Option<Result<Parsed, Counter>> {
+    check_run(kernel, program, seen, frame).map(|(outcome, _)| outcome)
+}
+
+/// [`check_frame`], also returning the run.
+fn check_run(
+    kernel: &mut Kernel,
+    program: Program,
+    seen: Counter,
+    frame: &[u8],
+) -> Option<(Result<Parsed, Counter>, Run)> {
     if !runnable(program, frame) {
         return None;
     }
@@ -52,7 +63,7 @@ fn check_frame(kernel: &mut Kernel, program: Program, seen: Counter, frame: &[u8
     if let Err(why) = oracle::check(&got, &oracle::expected(frame)) {
         panic!("{program:?}: {why} for frame {frame:02x?}");
     }
-    Some(got)
+    Some((got, run))
 }
 
 fn kernel(test: &str, config: &Config) -> Option<Kernel> {
@@ -217,5 +228,74 @@ fn records_carry_hook_direction_and_time() {
         assert_eq!((h.hook, h.direction), (hook, direction), "{program:?}");
         assert!(h.ts_ns > 0, "{program:?}: no timestamp");
         assert_eq!(h.wire_len as usize, syn.len(), "{program:?}");
+    }
+}
+
+/// With `Config::snap` on, every record carries the frame's first bytes: through the end of the TCP header
+/// (etherparse says where that is), or the whole ARP frame, at most `SNAP_LEN`; the record fields are as
+/// without it. Named cases, each of their truncations and the random frames, through TC and XDP.
+#[test]
+fn snap_carries_the_header_bytes() {
+    let config = Config {
+        snap: 1,
+        ..Config::default()
+    };
+    let Some(mut kernel) = kernel("snap_carries_the_header_bytes", &config) else {
+        return;
+    };
+    let mut frames: Vec<Vec<u8>> = oracle::named_cases().into_iter().map(|(_, f, _)| f).collect();
+    let cuts: Vec<Vec<u8>> = frames
+        .iter()
+        .flat_map(|f| (tests::kernel::MIN_FRAME..f.len()).map(|n| oracle::truncate(f, n)))
+        .collect();
+    frames.extend(cuts);
+    frames.extend(oracle::random_frames(0x5ea9_0001, 10_000));
+    let (mut tcp, mut arp, mut cut_at_snap) = (0, 0, 0);
+    for frame in &frames {
+        for (program, seen) in PROGRAMS {
+            let Some((Ok(parsed), run)) = check_run(&mut kernel, program, seen, frame) else {
+                continue;
+            };
+            let want = expected_snap_len(frame, &parsed)
+                .unwrap_or_else(|| panic!("etherparse finds no TCP header in {frame:02x?}"));
+            assert_eq!(
+                run.snap(),
+                Some(&frame[..want]),
+                "{program:?}: header bytes of frame {frame:02x?}"
+            );
+            let size = match parsed {
+                Parsed::Tcp(_) => {
+                    tcp += 1;
+                    size_of::<TcpSnapRecord>()
+                }
+                Parsed::Arp(_) => {
+                    arp += 1;
+                    size_of::<ArpSnapRecord>()
+                }
+            };
+            assert_eq!(run.sizes, [size], "{program:?}");
+            cut_at_snap += usize::from(want == SNAP_LEN);
+        }
+    }
+    eprintln!("snap: {tcp} TCP and {arp} ARP records checked, {cut_at_snap} cut at {SNAP_LEN} bytes");
+    assert!(tcp > 1000 && arp > 100, "too few records: {tcp} TCP, {arp} ARP");
+    assert!(cut_at_snap > 0, "no frame had headers longer than SNAP_LEN");
+}
+
+/// With `Config::snap` off (the default) the records are the plain size and carry no header bytes.
+#[test]
+fn without_snap_records_keep_their_size() {
+    let Some(mut kernel) = kernel("without_snap_records_keep_their_size", &Config::default()) else {
+        return;
+    };
+    for (frame, size) in [
+        (oracle::syn_with_all_options(), size_of::<TcpRecord>()),
+        (oracle::arp_request(), size_of::<ArpRecord>()),
+    ] {
+        for (program, _) in PROGRAMS {
+            let run = kernel.run(program, &frame, 1).unwrap();
+            assert_eq!(run.sizes, [size], "{program:?}");
+            assert_eq!(run.snap(), None, "{program:?}");
+        }
     }
 }
