@@ -10,6 +10,15 @@
 //!   off for the SYN-ACK's sender. A shift above 14 counts as 14.
 //! - A SYN whose seq differs from its direction's base starts a new flow; a SYN-ACK whose seq differs only
 //!   rebases its sender's direction. Both are Wireshark's "Port numbers reused".
+//!
+//! Beside the numbers each flow carries Wireshark's expert analysis ([`expert`]), the latest SACK holes per
+//! direction ([`sack`]) and its handshake and teardown timelines ([`timeline`]), all fixed-size. Flows go
+//! away after the close linger, after the idle time, or by the cap (least recently seen first).
+
+pub mod expert;
+pub mod sack;
+pub mod stats;
+pub mod timeline;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -18,10 +27,17 @@ use std::{
 
 use observer_common::record::{MAX_SACK_BLOCKS, OPT_WSCALE, SackBlock, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpRecord};
 
+use self::expert::{Context, Expert, ExpertFlag, Segment, SeqState};
+use self::sack::Holes;
+use self::stats::FlowStats;
+use self::timeline::{Ends, HandshakeReport, HandshakeTrack, TeardownReport, TeardownTrack};
+
 /// Default cap on tracked flows.
 pub const DEFAULT_MAX_FLOWS: usize = 65_536;
 /// Default time a flow is kept after both FINs or an RST and no segment since, in nanoseconds.
 pub const DEFAULT_CLOSE_LINGER_NS: u64 = 10_000_000_000;
+/// Default time after which a flow without segments is forgotten, in nanoseconds.
+pub const DEFAULT_IDLE_NS: u64 = 300_000_000_000;
 /// Largest window scale shift (RFC 7323); larger announced shifts count as this.
 pub const MAX_WINDOW_SHIFT: u8 = 14;
 
@@ -53,6 +69,18 @@ pub struct TcpAnalysis {
     pub sack_count: usize,
     /// A SYN or SYN-ACK with a new ISN on a tracked tuple (Wireshark's "Port numbers reused").
     pub port_reused: bool,
+    /// Wireshark's expert flags for this segment.
+    pub expert: Expert,
+    /// Holes this ACK's SACK blocks leave above its ack, relative to the other direction's base.
+    pub holes: Holes,
+    /// The hole (relative) of the receiver's latest SACK that this segment's data falls into.
+    pub fills_hole: Option<SackBlock>,
+    /// The handshake timeline, when this segment completed or ended the handshake.
+    pub handshake: Option<HandshakeReport>,
+    /// The teardown timeline, when this segment completed the teardown.
+    pub teardown: Option<TeardownReport>,
+    /// The segment's 1-based frame number.
+    pub frame: u64,
 }
 
 impl TcpAnalysis {
@@ -110,6 +138,9 @@ struct Side {
     base: Option<u32>,
     scale: Scale,
     fin: bool,
+    seq: SeqState,
+    /// Holes in this side's sequence space that the peer's latest ACK reported (absolute).
+    holes: Holes,
 }
 
 impl Default for Side {
@@ -118,6 +149,8 @@ impl Default for Side {
             base: None,
             scale: Scale::Unknown,
             fin: false,
+            seq: SeqState::default(),
+            holes: Holes::default(),
         }
     }
 }
@@ -128,21 +161,46 @@ struct Flow {
     last_seen_ns: u64,
     closed: bool,
     tick: u64,
+    /// Side of the first segment seen.
+    first_side: u8,
+    /// Wireshark's `ts_mru_syn`: the most recent SYN without ACK.
+    mru_syn_ns: Option<u64>,
+    /// Wireshark's `ts_first_rtt` (iRTT).
+    first_rtt_ns: Option<u64>,
+    handshake: HandshakeTrack,
+    teardown: TeardownTrack,
 }
 
 impl Flow {
-    fn new(now_ns: u64, tick: u64) -> Self {
+    fn new(now_ns: u64, tick: u64, first_side: u8) -> Self {
         Flow {
             sides: [Side::default(); 2],
             last_seen_ns: now_ns,
             closed: false,
             tick,
+            first_side,
+            mru_syn_ns: None,
+            first_rtt_ns: None,
+            handshake: HandshakeTrack::default(),
+            teardown: TeardownTrack::default(),
         }
     }
 
-    fn expired(&self, now_ns: u64, linger_ns: u64) -> bool {
-        self.closed && now_ns.saturating_sub(self.last_seen_ns) >= linger_ns
+    fn expired(&self, now_ns: u64, linger_ns: u64, idle_ns: u64) -> bool {
+        let quiet = now_ns.saturating_sub(self.last_seen_ns);
+        (self.closed && quiet >= linger_ns) || quiet >= idle_ns
     }
+}
+
+fn ends_of(key: &FlowKey) -> Ends {
+    let addr = |a: &[u8; 16], port: u16| -> SocketAddr {
+        if key.ip_version == 4 {
+            SocketAddr::from(([a[0], a[1], a[2], a[3]], port))
+        } else {
+            SocketAddr::from((*a, port))
+        }
+    };
+    [addr(&key.lo_addr, key.lo_port), addr(&key.hi_addr, key.hi_port)]
 }
 
 /// Tracks TCP flows, bounded by a flow cap (least recently seen evicted) and by forgetting closed flows.
@@ -153,9 +211,14 @@ pub struct FlowTable {
     next_tick: u64,
     max_flows: usize,
     close_linger_ns: u64,
+    idle_ns: u64,
     last_sweep_ns: u64,
     evicted: u64,
     expired: u64,
+    last_frame: u64,
+    stats: FlowStats,
+    /// Reports of handshakes whose flow went away before they ended, until taken.
+    abandoned: Vec<HandshakeReport>,
     /// Window scales learnt from tcp_info for connections whose handshake was not seen, by flow.
     known_scales: HashMap<FlowKey, [Scale; 2]>,
 }
@@ -175,9 +238,13 @@ impl FlowTable {
             next_tick: 0,
             max_flows: max_flows.max(1),
             close_linger_ns: DEFAULT_CLOSE_LINGER_NS,
+            idle_ns: DEFAULT_IDLE_NS,
             last_sweep_ns: 0,
             evicted: 0,
             expired: 0,
+            last_frame: 0,
+            stats: FlowStats::default(),
+            abandoned: Vec::new(),
             known_scales: HashMap::new(),
         }
     }
@@ -226,6 +293,57 @@ impl FlowTable {
         self
     }
 
+    /// Sets how long a flow without segments is kept.
+    pub fn with_idle_ns(mut self, idle_ns: u64) -> Self {
+        self.idle_ns = idle_ns.max(1);
+        self
+    }
+
+    /// The cap on tracked flows.
+    pub fn max_flows(&self) -> usize {
+        self.max_flows
+    }
+
+    /// Bytes the flow table's own storage takes now: hash table buckets and the recency index, by capacity.
+    pub fn memory_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<(FlowKey, Flow)>() + 1;
+        // A B-tree node holds up to 11 entries and is at least half full.
+        let order = self.order.len() * std::mem::size_of::<(u64, FlowKey)>() * 2;
+        let scales = self.known_scales.capacity() * (std::mem::size_of::<(FlowKey, [Scale; 2])>() + 1);
+        self.flows.capacity() * entry + order + scales
+    }
+
+    /// Size of one tracked flow's analysis state in bytes (fixed: no per-flow allocation).
+    pub fn flow_state_bytes() -> usize {
+        std::mem::size_of::<Flow>()
+    }
+
+    /// Counters for the exit summary (flows evicted and expired included).
+    pub fn stats(&self) -> FlowStats {
+        let mut s = self.stats.clone();
+        s.evicted = self.evicted;
+        s.expired = self.expired;
+        s
+    }
+
+    /// Reports of handshakes whose flow expired or was evicted before they ended, oldest first.
+    pub fn take_abandoned(&mut self) -> Vec<HandshakeReport> {
+        std::mem::take(&mut self.abandoned)
+    }
+
+    /// At exit: the handshakes still open (never completed) and those already abandoned, by time.
+    pub fn finish(&mut self) -> Vec<HandshakeReport> {
+        let mut out = self.take_abandoned();
+        for (key, flow) in self.flows.iter_mut() {
+            if let Some(r) = flow.handshake.abandon(&ends_of(key)) {
+                self.stats.count_handshake(&r);
+                out.push(r);
+            }
+        }
+        out.sort_by_key(|r| r.ts_ns);
+        out
+    }
+
     /// Number of flows tracked now.
     pub fn len(&self) -> usize {
         self.flows.len()
@@ -246,16 +364,17 @@ impl FlowTable {
         self.expired
     }
 
-    /// Forgets every closed flow whose linger time has passed at `now_ns` (boot-time ns); returns how many.
+    /// Forgets every closed flow whose linger time has passed at `now_ns` (boot-time ns), and every flow idle
+    /// for the idle time; returns how many.
     ///
     /// [`FlowTable::observe`] runs this once per linger period and otherwise only checks the least recently
     /// seen flows.
     pub fn expire(&mut self, now_ns: u64) -> usize {
-        let linger = self.close_linger_ns;
+        let (linger, idle) = (self.close_linger_ns, self.idle_ns);
         let gone: Vec<FlowKey> = self
             .flows
             .iter()
-            .filter(|(_, f)| f.expired(now_ns, linger))
+            .filter(|(_, f)| f.expired(now_ns, linger, idle))
             .map(|(k, _)| *k)
             .collect();
         for key in &gone {
@@ -265,8 +384,15 @@ impl FlowTable {
         gone.len()
     }
 
-    /// Updates the segment's flow and returns its relative numbers and calculated window.
+    /// [`FlowTable::observe_frame`] numbering the segment one after the last frame observed.
     pub fn observe(&mut self, rec: &TcpRecord) -> TcpAnalysis {
+        self.observe_frame(rec, self.last_frame + 1)
+    }
+
+    /// Updates the segment's flow and returns its relative numbers, calculated window and analysis;
+    /// `frame` is the segment's 1-based frame number (dup ACKs name the frame they repeat).
+    pub fn observe_frame(&mut self, rec: &TcpRecord, frame: u64) -> TcpAnalysis {
+        self.last_frame = frame;
         let now = rec.header.ts_ns;
         let (key, fwd) = key_of(rec);
         let rev = 1 - fwd;
@@ -281,7 +407,7 @@ impl FlowTable {
         }
         let mut port_reused = false;
         let mut existing = self.flows.get(&key).copied();
-        if existing.is_some_and(|f| f.expired(now, self.close_linger_ns)) {
+        if existing.is_some_and(|f| f.expired(now, self.close_linger_ns, self.idle_ns)) {
             self.remove(&key);
             self.expired += 1;
             existing = None;
@@ -289,10 +415,11 @@ impl FlowTable {
         let tick = self.bump_tick();
         let reused = existing.is_some_and(|f| syn && f.sides[fwd].base.is_some_and(|b| b != rec.seq));
         let mut flow = match existing {
-            Some(f) if reused && !has_ack => {
+            Some(mut f) if reused && !has_ack => {
                 port_reused = true;
                 self.order.remove(&f.tick);
-                Flow::new(now, tick)
+                self.abandon(&key, &mut f);
+                Flow::new(now, tick, fwd as u8)
             }
             Some(mut f) if reused => {
                 port_reused = true;
@@ -309,7 +436,7 @@ impl FlowTable {
             }
             None => {
                 self.make_room();
-                let mut f = Flow::new(now, tick);
+                let mut f = Flow::new(now, tick, fwd as u8);
                 if !syn && let Some(scales) = self.known_scales.remove(&key) {
                     f.sides[0].scale = scales[0];
                     f.sides[1].scale = scales[1];
@@ -352,6 +479,39 @@ impl FlowTable {
             }
         }
 
+        let expert = self.analyze(&mut flow, rec, fwd, frame, port_reused);
+        let holes = if has_ack && rec.sack_count > 0 {
+            let holes = Holes::of(rec.ack, rec.sack_blocks());
+            flow.sides[rev].holes = holes;
+            holes.relative_to(rev_base)
+        } else {
+            if has_ack {
+                flow.sides[rev].holes = Holes::default();
+            }
+            Holes::default()
+        };
+        let fills_hole = flow.sides[fwd]
+            .holes
+            .filled_by(rec.seq, u32::from(rec.payload_len))
+            .map(|h| SackBlock {
+                left: h.left.wrapping_sub(fwd_base),
+                right: h.right.wrapping_sub(fwd_base),
+            });
+        let ends = ends_of(&key);
+        let handshake_open = flow.handshake.open();
+        let handshake = flow.handshake.observe(fwd as u8, rec, &ends);
+        let client = flow.handshake.client().unwrap_or(flow.first_side);
+        let peer_next = flow.sides[rev].seq.nextseq;
+        let teardown = flow
+            .teardown
+            .observe(fwd as u8, client, rec, peer_next, handshake_open, &ends);
+        if let Some(h) = &handshake {
+            self.stats.count_handshake(h);
+        }
+        if let Some(t) = &teardown {
+            self.stats.count_teardown(t);
+        }
+
         let mut sack = [SackBlock::default(); MAX_SACK_BLOCKS];
         let blocks = rec.sack_blocks();
         for (out, b) in sack.iter_mut().zip(blocks) {
@@ -379,6 +539,64 @@ impl FlowTable {
             sack,
             sack_count: blocks.len(),
             port_reused,
+            expert,
+            holes,
+            fills_hole,
+            handshake,
+            teardown,
+            frame,
+        }
+    }
+
+    /// Wireshark's iRTT bookkeeping and expert rules for one segment; counts the flags.
+    fn analyze(&mut self, flow: &mut Flow, rec: &TcpRecord, fwd: usize, frame: u64, reused: bool) -> Expert {
+        let now = rec.header.ts_ns;
+        let (syn, ack) = (rec.flags & TCP_SYN != 0, rec.flags & TCP_ACK != 0);
+        if syn && !ack {
+            flow.mru_syn_ns = Some(now);
+        }
+        if ack
+            && !syn
+            && flow.first_rtt_ns.is_none()
+            && let Some(syn_ns) = flow.mru_syn_ns
+        {
+            flow.first_rtt_ns = Some(now.saturating_sub(syn_ns));
+        }
+        let rev_shift = match flow.sides[1 - fwd].scale {
+            Scale::Unknown => None,
+            Scale::Off => Some(0),
+            Scale::Shift(s) => Some(s),
+        };
+        let ctx = Context {
+            rev_shift,
+            first_rtt_ns: flow.first_rtt_ns,
+        };
+        let seg = Segment {
+            seq: rec.seq,
+            ack: rec.ack,
+            seglen: u32::from(rec.payload_len),
+            flags: rec.flags,
+            window: u32::from(rec.window),
+            ts_ns: now,
+            frame,
+        };
+        let [s0, s1] = &mut flow.sides;
+        let (f, r) = if fwd == 0 { (s0, s1) } else { (s1, s0) };
+        let mut e = expert::analyze(&mut f.seq, &mut r.seq, &seg, &ctx);
+        if reused {
+            e.set(ExpertFlag::PortNumbersReused);
+        }
+        self.stats.count_flags(&e);
+        e
+    }
+
+    /// Reports the flow's handshake as never completed if it was still open.
+    fn abandon(&mut self, key: &FlowKey, flow: &mut Flow) {
+        if let Some(r) = flow.handshake.abandon(&ends_of(key)) {
+            self.stats.count_handshake(&r);
+            if self.abandoned.len() < self.max_flows {
+                self.abandoned.push(r);
+            }
         }
     }
 
@@ -389,8 +607,9 @@ impl FlowTable {
     }
 
     fn remove(&mut self, key: &FlowKey) {
-        if let Some(f) = self.flows.remove(key) {
+        if let Some(mut f) = self.flows.remove(key) {
             self.order.remove(&f.tick);
+            self.abandon(key, &mut f);
         }
     }
 
@@ -399,7 +618,7 @@ impl FlowTable {
         while let Some((_, key)) = self.order.first_key_value() {
             let key = *key;
             match self.flows.get(&key) {
-                Some(f) if f.expired(now_ns, self.close_linger_ns) => {
+                Some(f) if f.expired(now_ns, self.close_linger_ns, self.idle_ns) => {
                     self.remove(&key);
                     self.expired += 1;
                 }
@@ -413,7 +632,9 @@ impl FlowTable {
             let Some((_, key)) = self.order.pop_first() else {
                 break;
             };
-            self.flows.remove(&key);
+            if let Some(mut f) = self.flows.remove(&key) {
+                self.abandon(&key, &mut f);
+            }
             self.evicted += 1;
         }
     }
@@ -499,6 +720,111 @@ pub(crate) mod tests {
 
     fn nums(a: &TcpAnalysis) -> (u32, Option<u32>, u32) {
         (a.seq, a.ack, a.window)
+    }
+
+    /// Parses a scenario line `<µs> <c|s> <flags|-> <seq> <ack> <win> <len> [mss=N ws=N sackperm ts=A,B sack=L-R,..]`.
+    fn scenario_segment(line: &str) -> TcpRecord {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let num = |i: usize| w[i].parse::<u32>().unwrap();
+        let flags = w[2].chars().fold(0u8, |f, c| {
+            f | match c {
+                'F' => TCP_FIN,
+                'S' => SYN,
+                'R' => TCP_RST,
+                'P' => TCP_PSH,
+                'A' => ACK,
+                _ => 0,
+            }
+        });
+        let (src, dst) = if w[1] == "c" { (SC, SS) } else { (SS, SC) };
+        let mut r = seg(src, dst, flags, num(3), num(4), num(5) as u16, num(6) as u16);
+        r.header.ts_ns = w[0].parse::<u64>().unwrap() * 1000;
+        for opt in &w[7..] {
+            let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
+            let kind = match k {
+                "mss" => {
+                    r.options |= OPT_MSS;
+                    r.mss = v.parse().unwrap();
+                    OPTKIND_MSS
+                }
+                "ws" => {
+                    r.options |= OPT_WSCALE;
+                    r.wscale = v.parse().unwrap();
+                    OPTKIND_WSCALE
+                }
+                "sackperm" => {
+                    r.options |= OPT_SACK_PERM;
+                    OPTKIND_SACK_PERM
+                }
+                "ts" => {
+                    let (a, b) = v.split_once(',').unwrap();
+                    r.options |= OPT_TIMESTAMP;
+                    (r.tsval, r.tsecr) = (a.parse().unwrap(), b.parse().unwrap());
+                    OPTKIND_TIMESTAMP
+                }
+                "sack" => {
+                    r.options |= OPT_SACK;
+                    for (i, b) in v.split(',').enumerate() {
+                        let (l, rt) = b.split_once('-').unwrap();
+                        r.sack[i] = SackBlock {
+                            left: l.parse().unwrap(),
+                            right: rt.parse().unwrap(),
+                        };
+                        r.sack_count += 1;
+                    }
+                    OPTKIND_SACK
+                }
+                other => panic!("unknown option {other}"),
+            };
+            r.option_kinds[r.option_count as usize] = kind;
+            r.option_count += 1;
+        }
+        r
+    }
+
+    const SC: ([u8; 4], u16) = (CLIENT, 40000);
+    const SS: ([u8; 4], u16) = (SERVER, 49999);
+
+    /// Runs a scenario through the table and returns (Info per segment, analyses).
+    pub(crate) fn run_scenario(text: &str) -> (Vec<String>, Vec<TcpAnalysis>) {
+        let mut t = FlowTable::default();
+        text.lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let r = scenario_segment(l);
+                let a = t.observe(&r);
+                (crate::render::tcp_summary(&r, &a), a)
+            })
+            .unzip()
+    }
+
+    /// Each scenario's `.tshark` file is tshark 4.0.17's Info column for the same segments
+    /// (`testdata/tshark_info.py` writes the pcap and runs tshark).
+    #[test]
+    fn expert_flags_match_tshark() {
+        let cases = [
+            (
+                include_str!("testdata/expert_bulk.txt"),
+                include_str!("testdata/expert_bulk.tshark"),
+            ),
+            (
+                include_str!("testdata/expert_loss.txt"),
+                include_str!("testdata/expert_loss.tshark"),
+            ),
+            (
+                include_str!("testdata/expert_window_full.txt"),
+                include_str!("testdata/expert_window_full.tshark"),
+            ),
+        ];
+        for (scenario, want) in cases {
+            let (got, _) = run_scenario(scenario);
+            let want: Vec<&str> = want.lines().collect();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g, w, "frame {}", i + 1);
+            }
+            assert_eq!(got.len(), want.len());
+        }
     }
 
     #[test]
@@ -754,5 +1080,187 @@ pub(crate) mod tests {
         assert_eq!(a.window, 4);
         let a = t.observe(&seg(C, S, ACK, 101, 901, 1, 0));
         assert_eq!(a.window, 32);
+    }
+}
+
+#[cfg(test)]
+mod analysis_tests {
+    use super::tests::run_scenario;
+    use super::timeline::{HandshakeOutcome, Role, StepKind, TeardownKind};
+    use super::*;
+
+    #[test]
+    fn sack_holes_and_the_retransmission_that_fills_one() {
+        let (_, a) = run_scenario(include_str!("testdata/expert_bulk.txt"));
+        // Frame 10: Ack=301 SLE=401 SRE=501 leaves 301-401 missing; frame 13 resends it.
+        let rel = |l, r| SackBlock { left: l, right: r };
+        assert_eq!(a[9].holes.ranges(), [rel(301, 401)]);
+        assert_eq!(a[12].fills_hole, Some(rel(301, 401)));
+        assert_eq!(a[13].holes.ranges(), [], "the cumulative ACK closes it");
+        assert_eq!(a[14].fills_hole, None);
+    }
+
+    #[test]
+    fn handshake_timeline_with_retransmitted_syn_and_synack() {
+        let (_, a) = run_scenario(include_str!("testdata/expert_loss.txt"));
+        let h = a[4].handshake.expect("frame 5 completes the handshake");
+        assert_eq!(h.outcome, HandshakeOutcome::Complete);
+        assert_eq!((h.syn_retransmissions, h.synack_retransmissions), (1, 1));
+        // Most recent SYN at 1.000 s, last SYN-ACK at 2.002 s, ACK at 2.003 s.
+        assert_eq!(h.syn_to_synack_ns(), Some(1_002_000_000));
+        assert_eq!(h.synack_to_ack_ns(), Some(1_000_000));
+        assert_eq!(h.irtt_ns(), Some(1_003_000_000));
+        let agreed = h.agreed().unwrap();
+        assert_eq!(
+            (agreed.mss_to_server, agreed.wscale, agreed.sack),
+            (1460, Some((2, 0)), false)
+        );
+        assert_eq!(a.iter().filter(|x| x.handshake.is_some()).count(), 1);
+        let t = a[24].teardown.expect("the RST ends it");
+        assert_eq!((t.kind, t.steps().len()), (TeardownKind::Reset, 1));
+        assert_eq!(t.steps()[0].from, Role::Server);
+    }
+
+    #[test]
+    fn teardown_with_half_close_data() {
+        let (_, a) = run_scenario(
+            "0 c S 1000 0 100 0\n10 s SA 5000 1001 100 0\n20 c A 1001 5001 100 0\n\
+             1000 c FA 1001 5001 100 0\n1100 s PA 5001 1002 100 300\n1200 c A 1002 5201 100 0\n\
+             1300 s FA 5301 1002 100 0\n1400 c A 1002 5302 100 0\n",
+        );
+        assert!(a[..7].iter().all(|x| x.teardown.is_none()));
+        let t = a[7].teardown.expect("the last ACK completes it");
+        assert_eq!((t.kind, t.active_closer), (TeardownKind::Fin, Some(Role::Client)));
+        let steps: Vec<(StepKind, Role, u64)> = t.steps().iter().map(|s| (s.kind, s.from, s.ts_ns)).collect();
+        assert_eq!(
+            steps,
+            [
+                (StepKind::Fin, Role::Client, 1_000_000),
+                (StepKind::Ack, Role::Server, 1_100_000),
+                (StepKind::Fin, Role::Server, 1_300_000),
+                (StepKind::Ack, Role::Client, 1_400_000),
+            ]
+        );
+        assert_eq!((t.half_close_bytes, t.partial_acks), (300, 1));
+        assert_eq!(t.duration_ns(), 400_000);
+    }
+
+    #[test]
+    fn reset_handshake_and_abandoned_ones_are_reported_once() {
+        let (_, a) = run_scenario("0 c S 1000 0 100 0\n50 s RA 0 1001 0 0\n");
+        let h = a[1].handshake.unwrap();
+        assert_eq!(h.outcome, HandshakeOutcome::Reset { by_server: true });
+        assert!(a[1].teardown.is_none(), "an RST in the handshake is no teardown");
+
+        let mut t = FlowTable::new(1);
+        t.observe(&tests::seg(
+            (tests::CLIENT, 1),
+            (tests::SERVER, 80),
+            TCP_SYN,
+            7,
+            0,
+            100,
+            0,
+        ));
+        t.observe(&tests::seg(
+            (tests::CLIENT, 2),
+            (tests::SERVER, 80),
+            TCP_SYN,
+            7,
+            0,
+            100,
+            0,
+        ));
+        let gone = t.take_abandoned();
+        assert_eq!(gone.len(), 1);
+        assert_eq!(
+            (gone[0].outcome, gone[0].client.port()),
+            (HandshakeOutcome::Incomplete, 1)
+        );
+        let open = t.finish();
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].client.port(), 2);
+        assert!(t.finish().is_empty(), "reported once");
+        let s = t.stats();
+        assert_eq!((s.handshakes_incomplete, s.evicted), (2, 1));
+    }
+
+    #[test]
+    fn idle_flows_expire() {
+        let sec = 1_000_000_000u64;
+        let mut t = FlowTable::new(16).with_idle_ns(30 * sec);
+        let mut r = tests::seg((tests::CLIENT, 1), (tests::SERVER, 80), TCP_ACK, 7, 9, 100, 0);
+        r.header.ts_ns = sec;
+        t.observe(&r);
+        assert_eq!(t.expire(30 * sec), 0);
+        assert_eq!(t.expire(31 * sec), 1);
+        assert_eq!(t.expired(), 1);
+    }
+
+    /// A million short connections (SYN, SYN-ACK, ACK, FIN/ACK, ACK, FIN/ACK, ACK) through a table capped at
+    /// 10,000 flows, then 20,000 half-open ones: the table never exceeds the cap, every flow is accounted for
+    /// as expired or evicted, and its storage stays under 10,000 × 2 × (entry size + index entry).
+    #[test]
+    fn a_million_connections_stay_under_the_cap() {
+        const CAP: usize = 10_000;
+        const CONNS: u32 = 1_000_000;
+        let linger = 50_000_000u64;
+        let mut t = FlowTable::new(CAP).with_close_linger_ns(linger);
+        let mut r = tests::seg((tests::CLIENT, 0), (tests::SERVER, 80), 0, 0, 0, 100, 0);
+        let bound = CAP * 2 * (std::mem::size_of::<(FlowKey, Flow)>() + 1 + 2 * std::mem::size_of::<(u64, FlowKey)>());
+        let mut max_len = 0;
+        let mut max_mem = 0;
+        for i in 0..CONNS {
+            let start = u64::from(i) * 10_000;
+            let (c, s) = ([10, 1, (i >> 16) as u8, (i >> 8) as u8], (i & 0xff) as u16 + 1024);
+            let steps: [(bool, u8, u32, u32); 7] = [
+                (true, TCP_SYN, 100, 0),
+                (false, TCP_SYN | TCP_ACK, 900, 101),
+                (true, TCP_ACK, 101, 901),
+                (true, TCP_FIN | TCP_ACK, 101, 901),
+                (false, TCP_ACK, 901, 102),
+                (false, TCP_FIN | TCP_ACK, 901, 102),
+                (true, TCP_ACK, 102, 902),
+            ];
+            for (n, (from_client, flags, seq, ack)) in steps.into_iter().enumerate() {
+                r.header.ts_ns = start + n as u64 * 1000;
+                let (src, dst) = if from_client {
+                    ((c, s), (tests::SERVER, 80))
+                } else {
+                    ((tests::SERVER, 80), (c, s))
+                };
+                r.saddr[..4].copy_from_slice(&src.0);
+                r.daddr[..4].copy_from_slice(&dst.0);
+                (r.sport, r.dport, r.flags, r.seq, r.ack) = (src.1, dst.1, flags, seq, ack);
+                t.observe(&r);
+            }
+            max_len = max_len.max(t.len());
+            if i % 4096 == 0 {
+                max_mem = max_mem.max(t.memory_bytes());
+            }
+        }
+        let end = u64::from(CONNS) * 10_000;
+        t.expire(end + linger);
+        let s = t.stats();
+        assert_eq!(
+            (s.opened, s.closed_fin, s.expired, s.evicted),
+            (1_000_000, 1_000_000, 1_000_000, 0)
+        );
+        assert!(t.is_empty());
+
+        for i in 0..2 * CAP as u32 {
+            r.header.ts_ns = end + linger + u64::from(i);
+            r.saddr[..4].copy_from_slice(&[10, 2, (i >> 8) as u8, i as u8]);
+            r.daddr[..4].copy_from_slice(&tests::SERVER);
+            (r.sport, r.dport, r.flags, r.seq, r.ack) = (4000, 80, TCP_SYN, 1, 0);
+            t.observe(&r);
+            max_len = max_len.max(t.len());
+            max_mem = max_mem.max(t.memory_bytes());
+        }
+        let abandoned = t.take_abandoned();
+        assert_eq!((t.len(), t.evicted(), abandoned.len()), (CAP, CAP as u64, CAP));
+        assert!(max_len <= CAP, "{max_len} flows tracked");
+        assert!(max_mem <= bound, "{max_mem} bytes > {bound}");
+        assert_eq!(t.stats().handshakes_incomplete, CAP as u64);
     }
 }
