@@ -151,6 +151,16 @@ pub struct WatchArgs {
     /// Only the wire: do not link segments to sockets (needs no kernel BTF or sock_diag).
     #[arg(long)]
     pub no_sockets: bool,
+    /// Also write every captured packet's headers to this pcapng file, with the socket side as packet comments.
+    #[arg(long, short = 'w', value_name = "FILE.pcapng")]
+    pub write: Option<std::path::PathBuf>,
+    /// Most TCP flows analysed at once; the least recently seen is evicted (and counted) beyond it.
+    #[arg(long, value_name = "N", default_value_t = crate::flows::DEFAULT_MAX_FLOWS)]
+    pub max_flows: usize,
+    /// Forget a TCP flow (and report an unfinished handshake) after this many idle seconds; closed flows go 10 s
+    /// after their last segment.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    pub flow_idle_secs: u64,
 }
 
 /// A command line that parses but cannot be honoured.

@@ -8,7 +8,8 @@
 //!   (request from 0.0.0.0 to a zero target MAC, tshark 4.0's rule) and the plain cases; the duplicate-address
 //!   note is appended as Wireshark does, including its quirk that a later, clean check of the target clears it.
 
-use std::collections::{HashMap, VecDeque};
+mod analysis;
+
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -19,16 +20,15 @@ use observer_common::record::{
 };
 use serde::Serialize;
 
+use crate::arp::{Answer, ArpAnalysis, ArpKind, ArpTracker, Unanswered, retry_annotation};
 use crate::flows::{FlowTable, MAX_WINDOW_SHIFT, TcpAnalysis, WindowScaling};
 use crate::link::{KernelNote, ListenerView, SocketLink, StateChange};
+use crate::neigh::NeighChange;
 use crate::sockets::process::Owner;
 
 /// TCP option kind of the MD5 signature, which tshark names without a value.
 const OPTKIND_MD5: u8 = 19;
-/// Default cap on the IP addresses the ARP state remembers.
-pub const DEFAULT_ARP_ENTRIES: usize = 4096;
 const BROADCAST_MAC: [u8; 6] = [0xff; 6];
-const ZERO_MAC: [u8; 6] = [0; 6];
 const NS_PER_SEC: i64 = 1_000_000_000;
 
 /// Why the wall clock could not be read.
@@ -216,7 +216,13 @@ pub fn tcp_summary(rec: &TcpRecord, a: &TcpAnalysis) -> String {
     } else {
         names.join(", ")
     };
-    let mut s = format!("{} → {} [{flags}] Seq={}", rec.sport, rec.dport, a.seq);
+    let mut s = format!(
+        "{}{} → {} [{flags}] Seq={}",
+        a.expert.prefix(),
+        rec.sport,
+        rec.dport,
+        a.seq
+    );
     if let Some(ack) = a.ack {
         let _ = write!(s, " Ack={ack}");
     }
@@ -252,8 +258,13 @@ pub fn tcp_summary(rec: &TcpRecord, a: &TcpAnalysis) -> String {
     s
 }
 
-/// The text line of a TCP segment: `<time> <iface> <in|out> <src> → <dst> TCP <len> <summary>`.
+/// The text line of a TCP segment: `<time> <iface> <in|out> <src> → <dst> TCP <len> <summary>[ · <note>]...`.
 pub fn tcp_line(clock: &Clock, iface: &str, rec: &TcpRecord, a: &TcpAnalysis) -> String {
+    tcp_head(clock, iface, rec, a) + &annotations(&tcp_annotations(a))
+}
+
+/// The part of a TCP line tshark would print: everything before observer's annotations.
+fn tcp_head(clock: &Clock, iface: &str, rec: &TcpRecord, a: &TcpAnalysis) -> String {
     format!(
         "{} {iface} {} {} → {} TCP {} {}",
         clock.time_of_day(rec.header.ts_ns),
@@ -261,8 +272,37 @@ pub fn tcp_line(clock: &Clock, iface: &str, rec: &TcpRecord, a: &TcpAnalysis) ->
         tcp_src(rec),
         tcp_dst(rec),
         rec.header.wire_len,
-        tcp_summary(rec, a)
+        tcp_summary(rec, a),
     )
+}
+
+/// Observer's SACK notes after the Info: `holes L-R,L-R` on an ACK, `fills hole L-R` on data.
+pub fn tcp_annotations(a: &TcpAnalysis) -> Vec<String> {
+    let mut out = Vec::new();
+    if !a.holes.is_empty() {
+        let holes: Vec<String> = a
+            .holes
+            .ranges()
+            .iter()
+            .map(|h| format!("{}-{}", h.left, h.right))
+            .collect();
+        out.push(format!("holes {}", holes.join(",")));
+    }
+    out.extend(a.fills_hole.map(|h| format!("fills hole {}-{}", h.left, h.right)));
+    out
+}
+
+/// A packet's comment in the pcapng file: its annotations and socket side as the text line shows them
+/// (`fills hole 1-2 ⇒ ESTABLISHED curl(42)`); `None` when there is neither.
+fn packet_comment(notes: &[String], side: Option<&str>) -> Option<String> {
+    let mut c = notes.join(" · ");
+    if let Some(side) = side {
+        if !c.is_empty() {
+            c.push_str(" ⇒ ");
+        }
+        c.push_str(side);
+    }
+    (!c.is_empty()).then_some(c)
 }
 
 /// JSON `win_scale`: `"unknown"`, `"none"` or the shift.
@@ -319,18 +359,21 @@ pub struct CommonJson<'a> {
     pub len: u32,
     /// tshark's Info text.
     pub summary: String,
+    /// 1-based frame number (tshark's for the same packet in our pcapng).
+    pub frame: u64,
 }
 
 impl<'a> CommonJson<'a> {
     fn new(
         clock: &Clock,
         iface: &'a str,
-        h: &RecordHeader,
+        (h, frame): (&RecordHeader, u64),
         proto: &'static str,
         ends: (String, String),
         summary: String,
     ) -> Self {
         CommonJson {
+            frame,
             time: clock.rfc3339(h.ts_ns),
             ts_ns: h.ts_ns,
             iface,
@@ -388,6 +431,30 @@ pub struct TcpJson<'a> {
     pub sack: Vec<SackJson>,
     /// An option of an undecoded kind was present.
     pub unknown_options: bool,
+    /// Wireshark's expert texts without brackets, in Info order.
+    pub expert: Vec<String>,
+    /// Holes this ACK's SACK blocks leave above its ack, relative.
+    pub sack_holes: Vec<HoleJson>,
+    /// The hole of the receiver's latest SACK this segment's data falls into.
+    pub fills_hole: Option<HoleJson>,
+}
+
+/// A sequence range `[left, right)` in JSON, relative.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct HoleJson {
+    /// First missing sequence number.
+    pub left: u32,
+    /// One past the last missing sequence number.
+    pub right: u32,
+}
+
+impl From<observer_common::record::SackBlock> for HoleJson {
+    fn from(b: observer_common::record::SackBlock) -> Self {
+        HoleJson {
+            left: b.left,
+            right: b.right,
+        }
+    }
 }
 
 /// Builds the JSON object of a TCP segment; serialize it with `serde_json`.
@@ -396,7 +463,7 @@ pub fn tcp_json<'a>(clock: &Clock, iface: &'a str, rec: &TcpRecord, a: &TcpAnaly
     let has_ack = rec.flags & TCP_ACK != 0;
     let ends = (tcp_src(rec).to_string(), tcp_dst(rec).to_string());
     TcpJson {
-        common: CommonJson::new(clock, iface, &rec.header, "tcp", ends, tcp_summary(rec, a)),
+        common: CommonJson::new(clock, iface, (&rec.header, a.frame), "tcp", ends, tcp_summary(rec, a)),
         sport: rec.sport,
         dport: rec.dport,
         flags: tcp_flag_names(rec.flags),
@@ -422,162 +489,10 @@ pub fn tcp_json<'a>(clock: &Clock, iface: &'a str, rec: &TcpRecord, a: &TcpAnaly
             })
             .collect(),
         unknown_options: has(OPT_UNKNOWN),
+        expert: a.expert.texts(),
+        sack_holes: a.holes.ranges().iter().map(|&h| h.into()).collect(),
+        fills_hole: a.fills_hole.map(HoleJson::from),
     }
-}
-
-/// What an ARP packet is, in Wireshark's terms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ArpKind {
-    /// A plain request.
-    Request,
-    /// A plain reply.
-    Reply,
-    /// A request or reply whose sender IP equals its target IP.
-    Gratuitous,
-    /// A gratuitous request with an all-zero target MAC.
-    Announcement,
-    /// A request from 0.0.0.0 with an all-zero target MAC.
-    Probe,
-    /// Any other operation.
-    Other,
-}
-
-impl ArpKind {
-    /// The JSON `kind` word.
-    pub fn name(self) -> &'static str {
-        match self {
-            ArpKind::Request => "request",
-            ArpKind::Reply => "reply",
-            ArpKind::Gratuitous => "gratuitous",
-            ArpKind::Announcement => "announcement",
-            ArpKind::Probe => "probe",
-            ArpKind::Other => "other",
-        }
-    }
-
-    /// Classifies a record by Wireshark's rules.
-    pub fn of(rec: &ArpRecord) -> Self {
-        let op = rec.operation;
-        if op != ARP_REQUEST && op != ARP_REPLY {
-            return ArpKind::Other;
-        }
-        if rec.sender_ip == rec.target_ip {
-            if op == ARP_REQUEST && rec.target_mac == ZERO_MAC {
-                ArpKind::Announcement
-            } else {
-                ArpKind::Gratuitous
-            }
-        } else if op == ARP_REQUEST && rec.target_mac == ZERO_MAC && rec.sender_ip == [0; 4] {
-            ArpKind::Probe
-        } else if op == ARP_REQUEST {
-            ArpKind::Request
-        } else {
-            ArpKind::Reply
-        }
-    }
-}
-
-/// An IP address seen with a MAC other than the one first seen for it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ArpDuplicate {
-    /// The contested IP address.
-    pub ip: Ipv4Addr,
-    /// The MAC first seen with that IP.
-    pub previous_mac: [u8; 6],
-}
-
-/// Wireshark's view of one ARP packet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ArpAnalysis {
-    /// Request, reply, gratuitous, announcement, probe or other.
-    pub kind: ArpKind,
-    /// The last address conflict this packet showed, if any.
-    pub duplicate: Option<ArpDuplicate>,
-    /// Whether tshark appends ` (duplicate use of <ip> detected!)` to the summary.
-    pub duplicate_in_summary: bool,
-}
-
-/// Remembers the first MAC seen for each IP (bounded, oldest forgotten first) to flag duplicates.
-#[derive(Debug)]
-pub struct ArpState {
-    macs: HashMap<[u8; 4], [u8; 6]>,
-    order: VecDeque<[u8; 4]>,
-    max_entries: usize,
-}
-
-impl Default for ArpState {
-    fn default() -> Self {
-        Self::new(DEFAULT_ARP_ENTRIES)
-    }
-}
-
-impl ArpState {
-    /// A state remembering at most `max_entries` addresses (at least one).
-    pub fn new(max_entries: usize) -> Self {
-        ArpState {
-            macs: HashMap::new(),
-            order: VecDeque::new(),
-            max_entries: max_entries.max(1),
-        }
-    }
-
-    /// Number of addresses remembered.
-    pub fn len(&self) -> usize {
-        self.macs.len()
-    }
-
-    /// Whether no address is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.macs.is_empty()
-    }
-
-    /// Classifies the packet and checks its sender (and, for replies, target) binding for conflicts.
-    pub fn observe(&mut self, rec: &ArpRecord) -> ArpAnalysis {
-        let mut duplicate = None;
-        let mut in_summary = false;
-        if rec.operation == ARP_REQUEST || rec.operation == ARP_REPLY {
-            if binding_usable(&rec.sender_mac, &rec.sender_ip) {
-                in_summary = self.check(rec.sender_ip, rec.sender_mac, &mut duplicate);
-            }
-            let already = duplicate.is_some_and(|d: ArpDuplicate| d.ip.octets() == rec.target_ip);
-            if rec.operation != ARP_REQUEST && binding_usable(&rec.target_mac, &rec.target_ip) && !already {
-                in_summary = self.check(rec.target_ip, rec.target_mac, &mut duplicate);
-            }
-        }
-        ArpAnalysis {
-            kind: ArpKind::of(rec),
-            duplicate,
-            duplicate_in_summary: in_summary,
-        }
-    }
-
-    fn check(&mut self, ip: [u8; 4], mac: [u8; 6], found: &mut Option<ArpDuplicate>) -> bool {
-        match self.macs.get(&ip) {
-            Some(known) if *known == mac => false,
-            Some(known) => {
-                *found = Some(ArpDuplicate {
-                    ip: Ipv4Addr::from(ip),
-                    previous_mac: *known,
-                });
-                true
-            }
-            None => {
-                while self.macs.len() >= self.max_entries {
-                    let Some(old) = self.order.pop_front() else {
-                        break;
-                    };
-                    self.macs.remove(&old);
-                }
-                self.macs.insert(ip, mac);
-                self.order.push_back(ip);
-                false
-            }
-        }
-    }
-}
-
-fn binding_usable(mac: &[u8; 6], ip: &[u8; 4]) -> bool {
-    mac[0] & 0x01 == 0 && *mac != ZERO_MAC && *ip != [0; 4]
 }
 
 /// Wireshark's protocol column for an ARP operation.
@@ -656,7 +571,21 @@ pub fn arp_line(clock: &Clock, iface: &str, rec: &ArpRecord, a: &ArpAnalysis) ->
         arp_protocol(rec.operation),
         rec.header.wire_len,
         arp_summary(rec, a)
-    )
+    ) + &annotations(&arp_annotations(a))
+}
+
+/// Observer's analysis of an ARP packet, in line order: the request answered, the retry, the neighbour entry.
+pub fn arp_annotations(a: &ArpAnalysis) -> Vec<String> {
+    let mut out = Vec::new();
+    out.extend(a.answers.map(|x| x.annotation()));
+    out.extend(retry_annotation(a.retry));
+    out.extend(a.neigh.map(|n| n.annotation()));
+    out
+}
+
+/// ` · a · b` for annotations `[a, b]`, empty for none.
+pub fn annotations(list: &[String]) -> String {
+    list.iter().map(|a| format!(" · {a}")).collect()
 }
 
 /// JSON `operation`: `"request"`, `"reply"` or the number.
@@ -689,13 +618,46 @@ pub struct ArpJson<'a> {
     pub kind: &'static str,
     /// The MAC first seen with an IP this packet claims for another MAC.
     pub duplicate_of: Option<String>,
+    /// For a reply: the request it answers.
+    pub answers: Option<Answer>,
+    /// For a request: earlier unanswered tries of the same question.
+    pub retry: u32,
+    /// The neighbour entry this reply created or refreshed.
+    pub neigh: Option<NeighJson>,
+}
+
+/// A neighbour entry in JSON: on an ARP object (`neigh`) and in a `neigh` line.
+#[derive(Clone, Debug, Serialize)]
+pub struct NeighJson {
+    /// The neighbour's address.
+    pub ip: Ipv4Addr,
+    /// Its link-layer address, null when unknown.
+    pub lladdr: Option<String>,
+    /// Its state now, as `ip neigh` names it.
+    pub state: String,
+    /// Its state before, null when the entry was new to observer.
+    pub old_state: Option<String>,
+    /// Whether the entry was deleted.
+    pub deleted: bool,
+}
+
+impl From<&NeighChange> for NeighJson {
+    fn from(c: &NeighChange) -> Self {
+        NeighJson {
+            ip: c.ip,
+            lladdr: c.lladdr.map(|m| fmt_mac(&m)),
+            state: c.state.name(),
+            old_state: c.old.map(|o| o.name()),
+            deleted: c.deleted,
+        }
+    }
 }
 
 /// Builds the JSON object of an ARP packet; serialize it with `serde_json`.
 pub fn arp_json<'a>(clock: &Clock, iface: &'a str, rec: &ArpRecord, a: &ArpAnalysis) -> ArpJson<'a> {
     let ends = (fmt_mac(&rec.header.eth_src), fmt_mac(&rec.header.eth_dst));
     ArpJson {
-        common: CommonJson::new(clock, iface, &rec.header, "arp", ends, arp_summary(rec, a)),
+        common: CommonJson::new(clock, iface, (&rec.header, a.frame), "arp", ends, arp_summary(rec, a)),
         operation: match rec.operation {
             ARP_REQUEST => ArpOperationJson::Word("request"),
             ARP_REPLY => ArpOperationJson::Word("reply"),
@@ -707,7 +669,57 @@ pub fn arp_json<'a>(clock: &Clock, iface: &'a str, rec: &ArpRecord, a: &ArpAnaly
         target_ip: Ipv4Addr::from(rec.target_ip).to_string(),
         kind: a.kind.name(),
         duplicate_of: a.duplicate.map(|d| fmt_mac(&d.previous_mac)),
+        answers: a.answers,
+        retry: a.retry,
+        neigh: a.neigh.as_ref().map(NeighJson::from),
     }
+}
+
+/// The JSON object of a `neigh` line (schema in the README).
+#[derive(Clone, Debug, Serialize)]
+pub struct NeighLineJson<'a> {
+    /// RFC 3339 UTC wall time with microseconds (when observer read the change).
+    pub time: String,
+    /// Boot-time nanoseconds when observer read the change.
+    pub ts_ns: u64,
+    /// Always `neigh`.
+    pub proto: &'static str,
+    /// Interface name.
+    pub iface: &'a str,
+    /// The entry.
+    #[serde(flatten)]
+    pub entry: NeighJson,
+    /// Frame number of the ARP reply shortly before it, if any.
+    pub after_frame: Option<u64>,
+    /// The text line after the time.
+    pub summary: String,
+}
+
+/// The JSON object of an ARP question given up (schema in the README).
+#[derive(Clone, Debug, Serialize)]
+pub struct ArpUnansweredJson<'a> {
+    /// RFC 3339 UTC wall time with microseconds (when it was given up).
+    pub time: String,
+    /// Boot-time nanoseconds when it was given up.
+    pub ts_ns: u64,
+    /// Always `analysis`.
+    pub proto: &'static str,
+    /// Always `arp_unanswered`.
+    pub event: &'static str,
+    /// Interface name.
+    pub iface: &'a str,
+    /// The asking address.
+    pub sender_ip: Ipv4Addr,
+    /// The address asked for.
+    pub target_ip: Ipv4Addr,
+    /// How many times it was asked.
+    pub tries: u32,
+    /// Frame number of the first try.
+    pub first_frame: u64,
+    /// Frame number of the last try.
+    pub last_frame: u64,
+    /// The text line after the time and interface.
+    pub summary: String,
 }
 
 /// Turns records into output lines: owns the flow and ARP state, the clock and the interface name.
@@ -718,7 +730,11 @@ pub struct Renderer {
     json: bool,
     clock: Clock,
     flows: FlowTable,
-    arp: ArpState,
+    arp: ArpTracker,
+    /// Wire records rendered so far (TCP and ARP): the last frame number given.
+    frames: u64,
+    /// The pcapng comment of the last wire record rendered.
+    comment: Option<String>,
 }
 
 impl Renderer {
@@ -732,7 +748,9 @@ impl Renderer {
             json,
             clock: Clock::new().unwrap_or(Clock::utc_with_offset(0)),
             flows: FlowTable::default(),
-            arp: ArpState::default(),
+            arp: ArpTracker::default(),
+            frames: 0,
+            comment: None,
         }
     }
 
@@ -798,29 +816,160 @@ impl Renderer {
     /// A TCP segment's line, with its socket side after ` ⇒ ` (text) or as `socket` (JSON, null if unknown).
     pub fn segment(&mut self, rec: &TcpRecord, link: Option<&SocketLink>) -> String {
         let iface = self.iface_of(rec.header.ifindex);
-        let a = self.flows.observe(rec);
-        if !self.json {
-            let line = tcp_line(&self.clock, &iface, rec, &a);
-            return match link.map(SocketLink::text) {
-                Some(t) if !t.is_empty() => format!("{line} ⇒ {t}"),
-                _ => line,
-            };
+        let frame = self.next_frame();
+        let a = self.flows.observe_frame(rec, frame);
+        let wait = self.arp.resolution_wait(rec);
+        let mut notes = tcp_annotations(&a);
+        notes.extend(wait.map(|w| w.annotation()));
+        let side = link.map(SocketLink::text).filter(|t| !t.is_empty());
+        self.comment = packet_comment(&notes, side.as_deref());
+        let mut out = if self.json {
+            let value = serde_json::to_value(tcp_json(&self.clock, &iface, rec, &a)).and_then(|mut v| {
+                v["socket"] = serde_json::to_value(link)?;
+                v["arp_wait"] = serde_json::to_value(wait)?;
+                Ok(v)
+            });
+            json_text(value)
+        } else {
+            let line = tcp_head(&self.clock, &iface, rec, &a) + &annotations(&notes);
+            match side {
+                Some(t) => format!("{line} ⇒ {t}"),
+                None => line,
+            }
+        };
+        let abandoned = self.flows.take_abandoned();
+        let events = a
+            .handshake
+            .iter()
+            .chain(&abandoned)
+            .map(|h| analysis::handshake(&self.clock, h, self.json))
+            .chain(a.teardown.iter().map(|t| analysis::teardown(&self.clock, t, self.json)));
+        for line in events {
+            out.push('\n');
+            out.push_str(&line);
         }
-        let value = serde_json::to_value(tcp_json(&self.clock, &iface, rec, &a)).and_then(|mut v| {
-            v["socket"] = serde_json::to_value(link)?;
-            Ok(v)
-        });
-        json_text(value)
+        out
+    }
+
+    /// At exit: one `analysis` line per handshake that never completed.
+    pub fn finish(&mut self) -> Vec<String> {
+        let open = self.flows.finish();
+        open.iter()
+            .map(|h| analysis::handshake(&self.clock, h, self.json))
+            .collect()
+    }
+
+    /// The flow analysis counters for the exit summary ([`crate::flows::stats::FlowStats::summary_text`]).
+    pub fn flow_stats(&self) -> crate::flows::stats::FlowStats {
+        self.flows.stats()
+    }
+
+    /// The next frame number, 1-based, in output order (tshark's number for the same packet in our pcapng).
+    fn next_frame(&mut self) -> u64 {
+        self.frames += 1;
+        self.frames
     }
 
     /// An ARP packet's line.
     pub fn arp(&mut self, rec: &ArpRecord) -> String {
         let iface = self.iface_of(rec.header.ifindex);
-        let a = self.arp.observe(rec);
+        let frame = self.next_frame();
+        let a = self.arp.observe(rec, frame);
+        self.comment = packet_comment(&arp_annotations(&a), None);
         if !self.json {
             return arp_line(&self.clock, &iface, rec, &a);
         }
         json_text(serde_json::to_value(arp_json(&self.clock, &iface, rec, &a)))
+    }
+
+    /// The pcapng comment of the last wire record rendered (its annotations and socket side), taken once.
+    pub fn take_comment(&mut self) -> Option<String> {
+        self.comment.take()
+    }
+
+    /// The ARP analysis: counters, [`ArpTracker::summary_text`], [`ArpTracker::resolution_wait`].
+    pub fn arp_tracker(&self) -> &ArpTracker {
+        &self.arp
+    }
+
+    /// Takes a neighbour change; it shows on the line of the reply that caused it, or later on its own line.
+    pub fn neigh(&mut self, change: NeighChange) {
+        self.arp.hold_neigh(change);
+    }
+
+    /// Lines due by `now_ns` (boot time): ARP questions given up and neighbour changes no reply claimed.
+    pub fn arp_tick(&mut self, now_ns: u64) -> Vec<String> {
+        let unanswered = self.arp.expire(now_ns);
+        let neigh = self.arp.due_neigh(now_ns);
+        self.arp_lines(unanswered, neigh)
+    }
+
+    /// At exit: every question still waiting, given up, and every neighbour change still held.
+    pub fn arp_finish(&mut self, now_ns: u64) -> Vec<String> {
+        let unanswered = self.arp.finish(now_ns);
+        let neigh = self.arp.finish_neigh();
+        self.arp_lines(unanswered, neigh)
+    }
+
+    fn arp_lines(&self, unanswered: Vec<Unanswered>, neigh: Vec<(NeighChange, Option<u64>)>) -> Vec<String> {
+        let mut lines: Vec<(u64, String)> = unanswered
+            .iter()
+            .map(|u| (u.ts_ns, self.unanswered_line(u)))
+            .chain(neigh.iter().map(|(c, after)| (c.ts_ns, self.neigh_line(c, *after))))
+            .collect();
+        lines.sort_by_key(|l| l.0);
+        lines.into_iter().map(|l| l.1).collect()
+    }
+
+    /// `<time> arp <iface> Who has <ip>? Tell <ip> · unanswered after 3 tries, #1 to #5`.
+    fn unanswered_line(&self, u: &Unanswered) -> String {
+        let iface = self.iface_of(u.ifindex);
+        let summary = format!(
+            "Who has {}? Tell {} · {}, #{} to #{}",
+            u.target_ip,
+            u.sender_ip,
+            u.annotation(),
+            u.first_frame,
+            u.last_frame
+        );
+        if !self.json {
+            return format!("{} arp {iface} {summary}", self.clock.time_of_day(u.ts_ns));
+        }
+        json_text(serde_json::to_value(ArpUnansweredJson {
+            time: self.clock.rfc3339(u.ts_ns),
+            ts_ns: u.ts_ns,
+            proto: "analysis",
+            event: "arp_unanswered",
+            iface: &iface,
+            sender_ip: u.sender_ip,
+            target_ip: u.target_ip,
+            tries: u.tries,
+            first_frame: u.first_frame,
+            last_frame: u.last_frame,
+            summary,
+        }))
+    }
+
+    /// `<time> neigh <ip> <lladdr|-> <STATE> <dev>[ · after #<reply frame>]`.
+    fn neigh_line(&self, c: &NeighChange, after: Option<u64>) -> String {
+        let iface = self.iface_of(c.ifindex);
+        let lladdr = c.lladdr.map_or_else(|| "-".to_owned(), |m| fmt_mac(&m));
+        let mut summary = format!("{} {lladdr} {} {iface}", c.ip, c.state_text());
+        if let Some(f) = after {
+            let _ = write!(summary, " · after #{f}");
+        }
+        if !self.json {
+            return format!("{} neigh {summary}", self.clock.time_of_day(c.ts_ns));
+        }
+        json_text(serde_json::to_value(NeighLineJson {
+            time: self.clock.rfc3339(c.ts_ns),
+            ts_ns: c.ts_ns,
+            proto: "neigh",
+            iface: &iface,
+            entry: c.into(),
+            after_frame: after,
+            summary,
+        }))
     }
 
     /// The line of a state change no captured segment explains: `<time> kernel <local> ↔ <remote> <OLD>→<NEW>`.
@@ -894,9 +1043,7 @@ fn json_text(v: serde_json::Result<serde_json::Value>) -> String {
 mod tests {
     use super::*;
     use crate::flows::tests::{CLIENT, SERVER, linux_syn_options, seg};
-    use observer_common::record::{
-        KIND_ARP, OPTKIND_SACK, SackBlock, TCP_CWR, TCP_ECE, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN,
-    };
+    use observer_common::record::{OPTKIND_SACK, SackBlock, TCP_CWR, TCP_ECE, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 
     const SYN: u8 = TCP_SYN;
     const ACK: u8 = TCP_ACK;
@@ -1072,7 +1219,8 @@ mod tests {
                 "sport": 40000, "dport": 80, "flags": ["SYN"], "seq": 0, "ack": null,
                 "seq_abs": 1000, "ack_abs": null, "win": 64240, "win_raw": 64240, "win_scale": "none",
                 "payload_len": 0, "mss": 1460, "wscale": 8, "sack_perm": true, "tsval": 111, "tsecr": 0,
-                "sack": [], "unknown_options": false
+                "sack": [], "unknown_options": false,
+                "frame": 1, "expert": [], "sack_holes": [], "fills_hole": null
             })
         );
         let mut synack = seg(S, C, SYN | ACK, 5000, 1001, 65160, 0);
@@ -1095,31 +1243,8 @@ mod tests {
         assert!(text.contains(r#""win_scale":"unknown""#), "{text}");
     }
 
-    const A: [u8; 6] = [0x02, 0xaa, 0, 0, 0, 1];
-    const B: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 2];
-    const BC: [u8; 6] = BROADCAST_MAC;
-    const Z: [u8; 6] = ZERO_MAC;
-
-    fn arp(eth: ([u8; 6], [u8; 6]), op: u16, smac: [u8; 6], sip: [u8; 4], tmac: [u8; 6], tip: [u8; 4]) -> ArpRecord {
-        let mut r = ArpRecord::default();
-        r.header.kind = KIND_ARP;
-        r.header.ts_ns = BOOT_NS;
-        r.header.wire_len = 60;
-        r.header.hook = HOOK_XDP;
-        r.header.eth_src = eth.0;
-        r.header.eth_dst = eth.1;
-        r.operation = op;
-        r.sender_mac = smac;
-        r.sender_ip = sip;
-        r.target_mac = tmac;
-        r.target_ip = tip;
-        r
-    }
-
-    const IP1: [u8; 4] = [192, 168, 1, 1];
-    const IP2: [u8; 4] = [192, 168, 1, 2];
-    const IP5: [u8; 4] = [192, 168, 1, 5];
-    const IP9: [u8; 4] = [192, 168, 1, 9];
+    use crate::arp::ArpState;
+    use crate::arp::tests::{A, B, BC, IP1, IP2, IP5, IP9, Z, arp};
 
     #[test]
     fn arp_summaries_are_tsharks() {
@@ -1164,37 +1289,47 @@ mod tests {
     }
 
     #[test]
-    fn arp_duplicates_keep_the_first_mac() {
-        let mut state = ArpState::default();
-        state.observe(&arp((A, BC), 1, A, IP1, Z, IP2));
-        let a = state.observe(&arp((B, BC), 1, B, IP1, Z, IP2));
-        let dup = ArpDuplicate {
-            ip: Ipv4Addr::from(IP1),
-            previous_mac: A,
-        };
-        assert_eq!((a.duplicate, a.duplicate_in_summary), (Some(dup), true));
-        let a = state.observe(&arp((B, A), 2, B, IP1, A, IP5));
-        assert_eq!((a.duplicate, a.duplicate_in_summary), (Some(dup), false));
-        let a = state.observe(&arp((A, BC), 1, A, IP1, Z, IP2));
-        assert_eq!(a.duplicate, None);
-        // Target binding of a reply conflicting with the first-seen MAC.
-        let a = state.observe(&arp((A, B), 2, A, IP2, B, IP1));
-        assert_eq!((a.duplicate, a.duplicate_in_summary), (Some(dup), true));
-        assert_eq!(
-            arp_summary(&arp((A, B), 2, A, IP2, B, IP1), &a),
-            "192.168.1.2 is at 02:aa:00:00:00:01 (duplicate use of 192.168.1.1 detected!)"
+    fn renderer_annotates_arp_and_prints_given_up_questions() {
+        let mut text = Renderer::new("eth0", 0, false).with_clock(clock());
+        let ask = arp((A, BC), 1, A, IP1, Z, IP2);
+        let mut retry = ask;
+        retry.header.ts_ns += 1_000_000_000;
+        text.arp(&ask);
+        assert!(
+            text.arp(&retry)
+                .ends_with("Who has 192.168.1.2? Tell 192.168.1.1 · retry 1, unanswered")
         );
-    }
-
-    #[test]
-    fn arp_state_is_capped() {
-        let mut state = ArpState::new(2);
-        state.observe(&arp((A, BC), 1, A, IP1, Z, IP2));
-        state.observe(&arp((A, BC), 1, A, IP2, Z, IP1));
-        state.observe(&arp((A, BC), 1, A, IP5, Z, IP1));
-        assert_eq!(state.len(), 2);
-        let a = state.observe(&arp((B, BC), 1, B, IP1, Z, IP2));
-        assert_eq!(a.duplicate, None, "the oldest binding was forgotten");
+        text.neigh(NeighChange {
+            ts_ns: retry.header.ts_ns + 300_000,
+            ifindex: 0,
+            ip: Ipv4Addr::from(IP2),
+            lladdr: Some(B),
+            old: Some(crate::neigh::NeighState::INCOMPLETE),
+            state: crate::neigh::NeighState::REACHABLE,
+            deleted: false,
+        });
+        let mut reply = arp((B, A), 2, B, IP2, A, IP1);
+        reply.header.ts_ns = retry.header.ts_ns + 210_000;
+        assert!(
+            text.arp(&reply).ends_with(
+                "192.168.1.2 is at 02:bb:00:00:00:02 · answers #2 in 0.21 ms (try 2) \
+                 · neigh 192.168.1.2 INCOMPLETE→REACHABLE 02:bb:00:00:00:02"
+            ),
+            "{}",
+            text.arp(&reply)
+        );
+        let lost = arp((A, BC), 1, A, IP1, Z, IP9);
+        text.arp(&lost);
+        assert!(text.arp_tick(BOOT_NS).is_empty());
+        assert_eq!(
+            text.arp_finish(BOOT_NS + 1_000_000),
+            ["22:13:20.124456 arp eth0 Who has 192.168.1.9? Tell 192.168.1.1 · unanswered after 1 try, #4 to #4"]
+        );
+        assert!(
+            text.arp_tracker()
+                .summary_text()
+                .starts_with("arp: 3 requests (1 answered, 1 unanswered, 1 retries")
+        );
     }
 
     #[test]
@@ -1243,7 +1378,10 @@ mod tests {
             "22:13:20.123456 eth0 in 02:bb:00:00:00:02 → 02:aa:00:00:00:01 ARP 60 192.168.1.2 is at 02:bb:00:00:00:02"
         );
         let dup = arp((B, BC), 1, B, IP1, Z, IP2);
-        let a = state.observe(&dup);
+        let a = ArpAnalysis {
+            frame: 3,
+            ..state.observe(&dup)
+        };
         let v = serde_json::to_value(arp_json(&clock(), "eth0", &dup, &a)).unwrap();
         assert_eq!(
             v,
@@ -1254,7 +1392,7 @@ mod tests {
                 "summary": "Who has 192.168.1.2? Tell 192.168.1.1 (duplicate use of 192.168.1.1 detected!)",
                 "operation": "request", "sender_mac": "02:bb:00:00:00:02", "sender_ip": "192.168.1.1",
                 "target_mac": "00:00:00:00:00:00", "target_ip": "192.168.1.2", "kind": "request",
-                "duplicate_of": "02:aa:00:00:00:01"
+                "duplicate_of": "02:aa:00:00:00:01", "answers": null, "retry": 0, "neigh": null, "frame": 3
             })
         );
         let odd = arp((A, BC), 3, A, IP1, Z, IP2);
@@ -1344,6 +1482,35 @@ mod tests {
     }
 
     #[test]
+    fn packet_comments_are_the_text_lines_tail_in_both_modes() {
+        let syn = framed(seg(C, S, SYN, 1000, 0, 64240, 0), 74, DIR_EGRESS);
+        let ack = sack(framed(seg(S, C, ACK, 5001, 1001, 502, 0), 66, DIR_INGRESS), 1101, 1201);
+        let link = SocketLink {
+            state: Some(crate::sockets::TcpState::Established),
+            ..SocketLink::default()
+        };
+        let mut comments = Vec::new();
+        for json in [false, true] {
+            let mut r = Renderer::new("eth0", 0, json).with_clock(clock());
+            let lines = [r.segment(&syn, None), r.segment(&ack, Some(&link))];
+            let taken = r.take_comment();
+            let _ = r.segment(&syn, None);
+            assert_eq!(r.take_comment(), None, "a plain SYN has nothing to say");
+            if !json {
+                let tail = lines[1].split_once(" · ").map(|(_, t)| t.to_owned());
+                assert_eq!(taken, tail, "the comment is the text line after the Info");
+            }
+            comments.push(taken);
+        }
+        assert!(
+            comments[0]
+                .as_deref()
+                .is_some_and(|c| c.starts_with("holes ") && c.ends_with(" ⇒ ESTABLISHED"))
+        );
+        assert_eq!(comments[0], comments[1], "--json writes the same comments");
+    }
+
+    #[test]
     fn readme_documents_every_json_field() {
         let common = readme_fields("### Fields of every record");
         let mut flows = FlowTable::default();
@@ -1355,6 +1522,28 @@ mod tests {
         let documented: std::collections::BTreeSet<String> =
             common.union(&readme_fields("### TCP fields")).cloned().collect();
         assert_eq!(keys(&tcp), documented, "TCP JSON keys vs the README");
+        // A whole connection: the handshake line follows the third segment, the teardown line the last.
+        let connection = [
+            seg(S, C, SYN | ACK, 5000, 1001, 65160, 0),
+            seg(C, S, ACK, 1001, 5001, 502, 0),
+            seg(C, S, TCP_FIN | ACK, 1001, 5001, 502, 0),
+            seg(S, C, TCP_FIN | ACK, 5001, 1002, 509, 0),
+            seg(C, S, ACK, 1002, 5002, 502, 0),
+        ];
+        let lines: Vec<String> = connection.iter().map(|r| json.segment(r, None)).collect();
+        let analysis: Vec<serde_json::Value> = lines
+            .iter()
+            .flat_map(|l| l.lines().skip(1))
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let events: Vec<&str> = analysis.iter().map(|v| v["event"].as_str().unwrap()).collect();
+        assert_eq!(events, ["handshake", "teardown"], "{lines:#?}");
+        let both = keys(&analysis[0]).union(&keys(&analysis[1])).cloned().collect();
+        assert_eq!(
+            readme_fields("### Analysis lines"),
+            both,
+            "analysis line keys vs the README"
+        );
         assert_eq!(
             keys(&tcp["socket"]),
             readme_fields("### Socket fields"),
@@ -1377,5 +1566,35 @@ mod tests {
         let documented: std::collections::BTreeSet<String> =
             common.union(&readme_fields("### ARP fields")).cloned().collect();
         assert_eq!(keys(&arp), documented, "ARP JSON keys vs the README");
+        let change = NeighChange {
+            ts_ns: BOOT_NS,
+            ifindex: 0,
+            ip: Ipv4Addr::from(IP2),
+            lladdr: None,
+            old: None,
+            state: crate::neigh::NeighState::FAILED,
+            deleted: false,
+        };
+        let neigh: serde_json::Value = serde_json::from_str(&json.neigh_line(&change, Some(1))).unwrap();
+        assert_eq!(
+            keys(&neigh),
+            readme_fields("### Neighbour lines"),
+            "neigh keys vs the README"
+        );
+        let gone = Unanswered {
+            ts_ns: BOOT_NS,
+            ifindex: 0,
+            sender_ip: Ipv4Addr::from(IP1),
+            target_ip: Ipv4Addr::from(IP2),
+            tries: 3,
+            first_frame: 1,
+            last_frame: 3,
+        };
+        let gone: serde_json::Value = serde_json::from_str(&json.unanswered_line(&gone)).unwrap();
+        assert_eq!(
+            keys(&gone),
+            readme_fields("### ARP analysis lines"),
+            "arp_unanswered keys vs the README"
+        );
     }
 }

@@ -21,13 +21,17 @@ use crate::{
     flows::FlowTable,
     kevents::{self, ReasonNames},
     link::{DEFAULT_HOLD_NS, Input, Linker, Output},
+    neigh::{NeighError, NeighMsg, NeighSource, NeighTable},
+    pcapng::{HeldBytes, Packet, PcapngError, PcapngWriter},
     preflight,
-    render::Renderer,
+    render::{Clock, Renderer},
     sockets::{Socket, TcpState, live::LiveKernel},
 };
 
 /// How often held records are checked for release.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// How often ARP questions and neighbour changes are checked for being due.
+const ARP_TICK: Duration = Duration::from_millis(100);
 
 /// Runs `observer watch` until interrupted (or `--count` events), then prints the counters to stderr.
 pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
@@ -37,7 +41,18 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         None => preflight::default_route_interface()?,
     };
     preflight::check_interface(&iface)?;
-    let config = args.config()?;
+    let mut config = args.config()?;
+    config.snap = u8::from(args.write.is_some());
+    let clock = Clock::new().unwrap_or(Clock::utc_with_offset(0));
+    // Opened before anything is attached, so a bad path costs nothing.
+    let pcap = match &args.write {
+        Some(path) => {
+            let mut w = PcapngWriter::create(path, clock)?;
+            w.name_interface(preflight::ifindex(&iface), &iface);
+            Some(w)
+        }
+        None => None,
+    };
     let hook = match args.hook {
         HookKind::Tc => Hook::Tc(args.tc_attach),
         HookKind::Xdp => Hook::Xdp(args.xdp_mode),
@@ -50,7 +65,10 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         None
     };
     capture.attach(&iface, hook)?;
-    let mut renderer = Renderer::new(&iface, preflight::ifindex(&iface), args.json);
+    let flows = FlowTable::new(args.max_flows).with_idle_ns(args.flow_idle_secs.saturating_mul(1_000_000_000));
+    let mut renderer = Renderer::new(&iface, preflight::ifindex(&iface), args.json)
+        .with_clock(clock)
+        .with_flows(flows);
     let (mut linker, reasons) = if args.no_sockets {
         (None, None)
     } else {
@@ -72,11 +90,16 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         None => None,
     };
 
+    let mut neigh = open_neigh(preflight::ifindex(&iface));
+
     let mut printer = Printer {
         renderer,
         out: io::BufWriter::new(io::stdout().lock()),
         stats: HostStats::default(),
         limit: args.count,
+        pcap,
+        held: HeldBytes::default(),
+        pcap_error: None,
     };
     eprintln!(
         "observer: watching {iface} ({}){}{}; Ctrl-C to stop",
@@ -92,6 +115,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut flush = tokio::time::interval(FLUSH_EVERY);
+    let mut arp_tick = tokio::time::interval(ARP_TICK);
     let mut open = true;
     while open {
         tokio::select! {
@@ -111,6 +135,18 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
+            guard = async { neigh.as_mut().expect("only polled when present").fd.readable_mut().await },
+                if neigh.is_some() => {
+                let mut guard = guard.context("waiting on the neighbour table")?;
+                let read = guard.get_inner_mut().read();
+                guard.clear_ready();
+                drop(guard);
+                read_neigh(&mut neigh, read, &mut printer.renderer);
+            }
+            _ = arp_tick.tick() => {
+                let lines = printer.renderer.arp_tick(boot_time_ns());
+                open = printer.emit_lines(lines);
+            }
             _ = tokio::signal::ctrl_c() => open = false,
             _ = sigterm.recv() => open = false,
             _ = sighup.recv() => open = false,
@@ -123,14 +159,73 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     if let Some(l) = linker.as_mut() {
         printer.emit_all(l.flush_all());
     }
+    // Handshakes that never completed and ARP questions never answered are reported before the summary.
+    let mut lines = printer.renderer.finish();
+    lines.extend(printer.renderer.arp_finish(boot_time_ns()));
+    printer.emit_lines(lines);
     let _ = printer.out.flush();
+    printer.flush_pcap();
     if let Some(logger) = logger.as_mut() {
         // Log records the loop had no turn to read.
         logger.get_mut().flush();
     }
     eprintln!("observer: detached from {iface}");
-    eprint!("{}", report(&counters, &printer.stats, linker.as_ref()));
-    Ok(())
+    eprint!(
+        "{}",
+        report(&counters, &printer.stats, linker.as_ref(), &printer.renderer)
+    );
+    match printer.pcap_error.take() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// The neighbour table's subscription and what it knows.
+struct Neigh {
+    fd: AsyncFd<NeighSource>,
+    table: NeighTable,
+}
+
+/// Subscribes to the neighbour table of `ifindex`; without it the agent still runs, and says why.
+fn open_neigh(ifindex: u32) -> Option<Neigh> {
+    let opened = NeighSource::open(ifindex)
+        .map_err(anyhow::Error::from)
+        .and_then(|(source, dump)| {
+            // SAFETY: the source owns its netlink socket for as long as the AsyncFd holds it.
+            let fd = unsafe { AsyncFd::register_with_interest(source, Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)
+                .context("registering the neighbour table socket with tokio")?;
+            Ok(Neigh {
+                fd,
+                table: NeighTable::seeded(&dump),
+            })
+        });
+    match opened {
+        Ok(n) => Some(n),
+        Err(e) => {
+            eprintln!("observer: no neighbour table: {e:#}");
+            None
+        }
+    }
+}
+
+/// Hands the neighbour changes read to the renderer; a failed read ends the subscription.
+fn read_neigh(neigh: &mut Option<Neigh>, read: Result<Vec<NeighMsg>, NeighError>, renderer: &mut Renderer) {
+    let Some(n) = neigh.as_mut() else { return };
+    match read {
+        Ok(msgs) => {
+            let now = boot_time_ns();
+            for m in msgs {
+                if let Some(change) = n.table.apply(&m, now) {
+                    renderer.neigh(change);
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("observer: neighbour table no longer followed: {e}");
+            *neigh = None;
+        }
+    }
 }
 
 /// Attaches the socket programs, reads the socket table and builds the linker; teaches `flows` the window
@@ -179,17 +274,52 @@ struct HostStats {
     output_closed: bool,
 }
 
-/// Writes lines and counts them against `--count`.
+/// Writes lines and counts them against `--count`; with `--write`, also each wire record to the pcapng file.
 struct Printer<W: Write> {
     renderer: Renderer,
     out: W,
     stats: HostStats,
     limit: Option<u64>,
+    pcap: Option<PcapngWriter>,
+    /// Header bytes of the records the linker holds.
+    held: HeldBytes,
+    /// The write error that stopped the agent.
+    pcap_error: Option<PcapngError>,
 }
 
 impl<W: Write> Printer<W> {
     fn done(&self) -> bool {
-        self.stats.output_closed || self.limit.is_some_and(|n| self.stats.events >= n)
+        self.stats.output_closed || self.pcap_error.is_some() || self.limit.is_some_and(|n| self.stats.events >= n)
+    }
+
+    /// Writes a wire record (with its header bytes) to the pcapng file, commented with the line's annotations
+    /// and socket side; a write error stops the agent.
+    fn write_packet(&mut self, output: &Output) {
+        let Some(writer) = self.pcap.as_mut() else { return };
+        let header = match output {
+            Output::Segment(rec, _) => &rec.header,
+            Output::Arp(rec) => &rec.header,
+            Output::State(..) | Output::Note(_) => return,
+        };
+        let comment = self.renderer.take_comment();
+        let snap = self.held.take(header).unwrap_or_default();
+        let packet = Packet {
+            header,
+            bytes: snap.bytes(),
+            comment: comment.as_deref(),
+        };
+        if let Err(e) = writer.write(&packet) {
+            self.pcap_error = Some(e);
+            self.pcap = None;
+        }
+    }
+
+    /// Flushes the pcapng file; a failure stops the agent.
+    fn flush_pcap(&mut self) {
+        if let Some(Err(e)) = self.pcap.as_mut().map(PcapngWriter::flush) {
+            self.pcap_error = Some(e);
+            self.pcap = None;
+        }
     }
 
     /// Prints one item; returns false once the agent should stop.
@@ -203,6 +333,9 @@ impl<W: Write> Printer<W> {
             Output::State(change, owner) => (self.renderer.state(change, owner.as_ref()), false),
             Output::Note(note) => (self.renderer.note(note), false),
         };
+        if wire {
+            self.write_packet(&output);
+        }
         if writeln!(self.out, "{line}").is_err() {
             // The reader went away (`observer | head`): stop quietly.
             self.stats.output_closed = true;
@@ -220,6 +353,21 @@ impl<W: Write> Printer<W> {
         true
     }
 
+    /// Prints lines that are not wire records (ARP give-ups, neighbour changes); returns false once the agent
+    /// should stop.
+    fn emit_lines(&mut self, lines: Vec<String>) -> bool {
+        for line in lines {
+            if self.done() {
+                break;
+            }
+            if writeln!(self.out, "{line}").is_err() {
+                self.stats.output_closed = true;
+            }
+        }
+        self.stats.output_closed |= self.out.flush().is_err();
+        !self.done()
+    }
+
     fn emit_all(&mut self, outputs: Vec<Output>) -> bool {
         for o in outputs {
             if !self.emit(o) {
@@ -227,6 +375,7 @@ impl<W: Write> Printer<W> {
             }
         }
         self.stats.output_closed |= self.out.flush().is_err();
+        self.flush_pcap();
         !self.done()
     }
 }
@@ -250,9 +399,12 @@ fn drain(
                 continue;
             }
         };
+        if let (Some(h), Some(snap)) = (event.header(), event.snap()) {
+            p.held.hold(h, *snap);
+        }
         let input = match event {
-            Event::Tcp(rec) => Input::Segment(rec),
-            Event::Arp(rec) => Input::Arp(rec),
+            Event::Tcp(rec, _) => Input::Segment(rec),
+            Event::Arp(rec, _) => Input::Arp(rec),
             Event::Sock(rec) => {
                 let name =
                     |event: u8, reason: u32| reasons.map_or_else(|| reason.to_string(), |r| r.name(event, reason));
@@ -275,11 +427,13 @@ fn drain(
         }
     }
     p.stats.output_closed |= p.out.flush().is_err();
+    p.flush_pcap();
     !p.done()
 }
 
-/// The exit report: dropped records first, then every counter that is not zero.
-fn report(c: &Counters, host: &HostStats, linker: Option<&Linker<LiveKernel>>) -> String {
+/// The exit report: dropped records first, then the analysis (connections, handshake RTT, retransmissions,
+/// expert flags, ARP), then the capture's counters.
+fn report(c: &Counters, host: &HostStats, linker: Option<&Linker<LiveKernel>>, renderer: &Renderer) -> String {
     let mut s = format!(
         "dropped records (ring buffer full): {}\nrecords: {} emitted, {} printed, {} undecodable\n",
         c.get(Counter::RingFull) + c.get(Counter::SockRingFull),
@@ -287,6 +441,9 @@ fn report(c: &Counters, host: &HostStats, linker: Option<&Linker<LiveKernel>>) -
         host.events,
         host.decode_errors
     );
+    s += &renderer.flow_stats().summary_text();
+    s += &renderer.arp_tracker().summary_text();
+    s.push('\n');
     s += &format!(
         "frames seen: tc ingress {}, tc egress {}, xdp {}\n",
         c.get(Counter::SeenTcIngress),
@@ -357,9 +514,18 @@ mod tests {
                 ..Default::default()
             },
             None,
+            &Renderer::new("eth0", 0, false),
         );
         assert!(r.starts_with("dropped records (ring buffer full): 4\n"), "{r}");
         assert!(r.contains("malformed: 2 (") && r.contains("option_overrun 2"), "{r}");
         assert!(r.contains("5 printed"), "{r}");
+        let analysis = [
+            "connections: ",
+            "handshake RTT: ",
+            "retransmissions: ",
+            "expert flags: ",
+            "arp: ",
+        ];
+        assert!(analysis.iter().all(|k| r.contains(&format!("\n{k}"))), "{r}");
     }
 }
