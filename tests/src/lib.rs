@@ -6,3 +6,5 @@ pub mod kernel;
 pub mod netns;
 pub mod oracle;
 pub mod require;
+pub mod traffic;
+pub mod tshark;

@@ -7,8 +7,6 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    process::{Child, Stdio},
-    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -18,6 +16,7 @@ use tests::{
     agent::{self, Agent, Finished},
     netns::{self, Netns, Pair},
     oracle, require,
+    tshark::{self, Tshark},
 };
 
 /// Generous bound for anything the tests wait on (never asserted as a duration).
@@ -107,17 +106,32 @@ fn parse(line: &str) -> Option<Event> {
         src: f[3].into(),
         dst: f[5].into(),
         proto: f[6].into(),
-        // The socket side after ` ⇒ ` is observer's own; the summary is tshark's.
-        summary: f[8].split(" ⇒ ").next().unwrap_or_default().into(),
+        // Annotations after ` · ` and the socket side after ` ⇒ ` are observer's own; the summary is tshark's.
+        summary: f[8]
+            .split(" ⇒ ")
+            .next()
+            .and_then(|s| s.split(" · ").next())
+            .unwrap_or_default()
+            .into(),
     })
 }
 
 impl Event {
+    /// The summary after Wireshark's expert prefixes (`[TCP Retransmission] ` ...).
+    fn info(&self) -> &str {
+        let mut s = self.summary.as_str();
+        while let Some(rest) = s.strip_prefix("[TCP ").and_then(|r| r.split_once("] ")) {
+            s = rest.1;
+        }
+        s
+    }
+
     /// TCP flags as printed, e.g. `SYN, ACK`.
     fn flags(&self) -> &str {
-        let start = self.summary.find('[').map_or(0, |i| i + 1);
-        let end = self.summary.find(']').unwrap_or(start);
-        &self.summary[start..end]
+        let info = self.info();
+        let start = info.find('[').map_or(0, |i| i + 1);
+        let end = info.find(']').unwrap_or(start);
+        &info[start..end]
     }
 
     /// The value of a `key=value` token of the summary.
@@ -130,7 +144,7 @@ impl Event {
 
     /// (source port, destination port) of a TCP event.
     fn ports(&self) -> (u16, u16) {
-        let mut t = self.summary.split(' ');
+        let mut t = self.info().split(' ');
         let sport = t.next().and_then(|p| p.parse().ok()).unwrap_or(0);
         let dport = t.nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
         (sport, dport)
@@ -147,9 +161,14 @@ impl Event {
     }
 }
 
-/// Whether an output line (text or JSON) is a kernel line about a socket rather than a captured packet.
+/// Whether an output line (text or JSON) is observer's own (a kernel event, a flow or ARP analysis, a
+/// neighbour change) rather than a captured packet.
 fn is_kernel_line(l: &str) -> bool {
-    l.split(' ').nth(1) == Some("kernel") || l.contains("\"proto\":\"kernel\"")
+    // A text packet line has its interface second; a given-up ARP request prints `arp` there instead.
+    const TEXT: [&str; 4] = ["kernel", "analysis", "neigh", "arp"];
+    const JSON: [&str; 3] = ["kernel", "analysis", "neigh"];
+    let second = l.split(' ').nth(1).unwrap_or_default();
+    TEXT.contains(&second) || JSON.iter().any(|k| l.contains(&format!("\"proto\":\"{k}\"")))
 }
 
 /// The packet lines of a finished run.
@@ -341,99 +360,8 @@ fn tc_shows_handshake_data_teardown_and_arp() {
     assert!(left.is_empty(), "still attached to {} after exit: {left:?}", pair.a_if);
 }
 
-/// A running tshark with its output lines.
-struct Tshark {
-    child: Child,
-    stdout: mpsc::Receiver<String>,
-    /// Kept so that its reader thread keeps the pipe open: tshark's last words must not meet SIGPIPE.
-    _stderr: mpsc::Receiver<String>,
-}
-
-impl Tshark {
-    /// Starts tshark on `iface` in `ns` printing the Info column of TCP and ARP packets, and waits until it
-    /// captures. Relative sequence numbers and analysis are on, desegmentation off, SSH (port 22) not dissected.
-    fn start(ns: &Netns, iface: &str) -> Tshark {
-        let mut child = ns
-            .command("tshark")
-            .args(["-i", iface, "-l", "-n", "-f", "tcp or arp", "--disable-protocol", "ssh"])
-            .args([
-                "-o",
-                "tcp.desegment_tcp_streams:FALSE",
-                "-o",
-                "tcp.analyze_sequence_numbers:TRUE",
-            ])
-            .args([
-                "-o",
-                "tcp.relative_sequence_numbers:TRUE",
-                "-T",
-                "fields",
-                "-e",
-                "_ws.col.Info",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawning tshark");
-        let stdout = agent::lines(child.stdout.take().expect("stdout"));
-        let stderr = agent::lines(child.stderr.take().expect("stderr"));
-        let mut said = Vec::new();
-        // "Capturing on ..." is printed before dumpcap even starts; "Capture started." once dumpcap has opened the
-        // interface and reported its file, from when on every packet is captured.
-        while !said.last().is_some_and(|l: &String| l.contains("Capture started")) {
-            match stderr.recv_timeout(WAIT) {
-                Ok(line) => said.push(line),
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("tshark did not start capturing: {said:?}");
-                }
-            }
-        }
-        Tshark {
-            child,
-            stdout,
-            _stderr: stderr,
-        }
-    }
-
-    /// Waits (bounded) until tshark printed `count` packets, then stops it and returns every Info line.
-    fn stop_after(mut self, count: usize) -> Vec<String> {
-        let mut got = Vec::new();
-        while got.len() < count {
-            match self.stdout.recv_timeout(WAIT) {
-                Ok(line) => got.push(line),
-                Err(_) => break,
-            }
-        }
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
-        got.extend(agent::drain(&self.stdout));
-        got
-    }
-}
-
-impl Drop for Tshark {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// tshark's Info without its expert-analysis prefixes (`[TCP Window Update] `, `[TCP Dup ACK 5#1] `, ...) and
-/// the reassembly suffix, which are not part of the summary the agent prints.
-fn tshark_summary(info: &str) -> &str {
-    let mut s = info.trim_end_matches(" [TCP segment of a reassembled PDU]");
-    while let Some(rest) = s.strip_prefix('[').and_then(|r| r.split_once("] ")) {
-        s = rest.1;
-    }
-    s
-}
-
-/// Differential test: every TCP and ARP packet the agent prints, in order, has the summary tshark prints for
-/// the same packet, and both see the same number of them.
+/// Differential test: every TCP and ARP packet the agent prints, in order, has the Info tshark prints for the
+/// same packet, expert prefixes included, and both see the same number of them.
 #[test]
 fn tshark_agrees_on_every_segment() {
     const NAME: &str = "tshark_agrees_on_every_segment";
@@ -442,7 +370,12 @@ fn tshark_agrees_on_every_segment() {
     }
     let pair = Pair::new("ts", 202).expect("namespaces");
     let agent = Agent::start(&pair.a, &["--iface", &pair.a_if]).expect("starting observer");
-    let tshark = Tshark::start(&pair.a, &pair.a_if);
+    let mut args: Vec<String> = ["-f", "tcp or arp", "--disable-protocol", "ssh"]
+        .map(str::to_owned)
+        .into();
+    args.extend(tshark::TCP_PREFS.map(str::to_owned));
+    args.extend(tshark::field_args(&["_ws.col.Info"]));
+    let tshark = Tshark::start(&pair.a, &pair.a_if, &args).expect("starting tshark");
     let rounds = 10;
     talk(&pair, &pair.b_addr, PORT, rounds);
     let (total_n, total_m) = (N * rounds as u32, M * rounds as u32);
@@ -470,7 +403,7 @@ fn tshark_agrees_on_every_segment() {
 
     let (mut i, mut reordered, mut report) = (0, 0, String::new());
     while i < ours.len() {
-        let (o, t) = (ours[i].summary.as_str(), tshark_summary(&theirs[i]));
+        let (o, t) = (ours[i].summary.as_str(), theirs[i].as_str());
         if o == t {
             i += 1;
             continue;
@@ -479,8 +412,7 @@ fn tshark_agrees_on_every_segment() {
         // ingress TC after it, so when an outgoing and an incoming frame cross within microseconds the two may
         // list them in swapped order. An adjacent swap is the same packets, not a disagreement.
         let next = |v: &str, w: Option<&str>| w.is_some_and(|w| w == v);
-        if next(o, theirs.get(i + 1).map(|s| tshark_summary(s))) && next(t, ours.get(i + 1).map(|e| e.summary.as_str()))
-        {
+        if next(o, theirs.get(i + 1).map(String::as_str)) && next(t, ours.get(i + 1).map(|e| e.summary.as_str())) {
             reordered += 1;
             i += 2;
             continue;
