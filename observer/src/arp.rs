@@ -14,6 +14,7 @@ use observer_common::record::{ARP_REPLY, ARP_REQUEST, ArpRecord, DIR_EGRESS, TCP
 use serde::Serialize;
 
 use crate::neigh::NeighChange;
+use crate::render::fmt_ms;
 
 /// Default cap on the IP addresses the ARP state remembers.
 pub const DEFAULT_ARP_ENTRIES: usize = 4096;
@@ -28,7 +29,6 @@ pub const RESOLUTION_SLACK_NS: u64 = 5_000_000;
 /// Resolutions remembered for [`ArpTracker::resolution_wait`].
 const RECENT_RESOLUTIONS: usize = 64;
 pub(crate) const ZERO_MAC: [u8; 6] = [0; 6];
-const NS_PER_MS: f64 = 1_000_000.0;
 
 /// What an ARP packet is, in Wireshark's terms.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -209,7 +209,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    /// The annotation after the Info, e.g. `answers #12 in 0.21 ms`.
+    /// The annotation after the Info, e.g. `answers #12 in 0.210 ms`.
     pub fn annotation(&self) -> String {
         let mut s = format!(
             "{}answers #{} in {}",
@@ -270,7 +270,7 @@ pub struct ResolutionWait {
 }
 
 impl ResolutionWait {
-    /// `waited 1.20 ms for ARP 10.1.0.2`.
+    /// `waited 1.200 ms for ARP 10.1.0.2`.
     pub fn annotation(&self) -> String {
         format!("waited {} for ARP {}", fmt_ms(self.wait_ns), self.target)
     }
@@ -594,11 +594,6 @@ impl ArpTracker {
     }
 }
 
-/// Milliseconds with two decimals: `0.21 ms`.
-pub fn fmt_ms(ns: u64) -> String {
-    format!("{:.2} ms", ns as f64 / NS_PER_MS)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -694,12 +689,12 @@ pub(crate) mod tests {
             again: false,
         };
         assert_eq!(a.answers, Some(answer));
-        assert_eq!(answer.annotation(), "answers #3 in 1.00 ms");
+        assert_eq!(answer.annotation(), "answers #3 in 1.000 ms");
         // A second host answering the same question: the duplicate's reply.
         let a = t.observe(&at(arp((A, A), 2, A, IP2, A, IP1), 2), 5);
         assert_eq!(
             a.answers.map(|x| x.annotation()),
-            Some("also answers #3 in 2.00 ms".into())
+            Some("also answers #3 in 2.000 ms".into())
         );
         // A reply to nobody's question.
         let a = t.observe(&at(arp((B, A), 2, B, IP5, A, IP1), 3), 6);
@@ -795,7 +790,7 @@ pub(crate) mod tests {
                 reply_frame: 2
             }
         );
-        assert_eq!(w.annotation(), "waited 1.00 ms for ARP 192.168.1.2");
+        assert_eq!(w.annotation(), "waited 1.000 ms for ARP 192.168.1.2");
         assert_eq!(t.resolution_wait(&syn(1, IP5)), None, "another destination");
         assert_eq!(t.resolution_wait(&syn(100, IP2)), None, "long after the reply");
         let mut synack = syn(1, IP2);

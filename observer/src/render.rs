@@ -198,6 +198,11 @@ fn ip_of(version: u8, addr: &[u8; 16]) -> IpAddr {
 
 const TCP_FLAG_NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
 
+/// A duration in milliseconds to the microsecond, as every observer annotation prints it: `0.034 ms`.
+pub fn fmt_ms(ns: u64) -> String {
+    format!("{}.{:03} ms", ns / 1_000_000, ns / 1_000 % 1_000)
+}
+
 /// Names of the set TCP flags in Wireshark's order and spelling.
 pub fn tcp_flag_names(flags: u8) -> Vec<&'static str> {
     TCP_FLAG_NAMES
@@ -1312,7 +1317,7 @@ mod tests {
         reply.header.ts_ns = retry.header.ts_ns + 210_000;
         assert!(
             text.arp(&reply).ends_with(
-                "192.168.1.2 is at 02:bb:00:00:00:02 · answers #2 in 0.21 ms (try 2) \
+                "192.168.1.2 is at 02:bb:00:00:00:02 · answers #2 in 0.210 ms (try 2) \
                  · neigh 192.168.1.2 INCOMPLETE→REACHABLE 02:bb:00:00:00:02"
             ),
             "{}",

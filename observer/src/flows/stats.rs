@@ -118,11 +118,11 @@ impl FlowStats {
             [Some(p50), Some(p90), Some(p99), Some(max)] => {
                 let _ = writeln!(
                     s,
-                    "handshake RTT: p50 {} p90 {} p99 {} max {} ({} handshakes)",
-                    fmt_us(p50),
-                    fmt_us(p90),
-                    fmt_us(p99),
-                    fmt_us(max),
+                    "handshake RTT: p50 {} p90 {} p99 {} max {} ({} completed)",
+                    us(p50),
+                    us(p90),
+                    us(p99),
+                    us(max),
                     self.rtt_seen
                 );
             }
@@ -148,9 +148,8 @@ impl FlowStats {
     }
 }
 
-/// Microseconds as `0.123ms`.
-pub fn fmt_us(us: u32) -> String {
-    format!("{}.{:03}ms", us / 1000, us % 1000)
+fn us(us: u32) -> String {
+    crate::render::fmt_ms(u64::from(us) * 1_000)
 }
 
 #[cfg(test)]
@@ -193,7 +192,7 @@ mod tests {
         assert_eq!(
             text,
             "connections: 1 opened, 1 closed (1 FIN, 0 RST); handshakes 0 reset, 0 never completed\n\
-             handshake RTT: p50 0.120ms p90 0.120ms p99 0.120ms max 0.120ms (1 handshakes)\n\
+             handshake RTT: p50 0.120 ms p90 0.120 ms p99 0.120 ms max 0.120 ms (1 completed)\n\
              retransmissions: 2\n\
              expert flags: Dup ACK 3, Retransmission 2\n\
              flows: 4 evicted, 0 expired\n"

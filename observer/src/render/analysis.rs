@@ -6,16 +6,13 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{Clock, json_text};
-use crate::flows::stats::fmt_us;
 use crate::flows::timeline::{HandshakeOutcome, HandshakeReport, Role, SynOptions, TeardownKind, TeardownReport};
 
 fn us(ns: u64) -> u64 {
     ns / 1000
 }
 
-fn ms(ns: u64) -> String {
-    fmt_us(u32::try_from(us(ns)).unwrap_or(u32::MAX))
-}
+use super::fmt_ms as ms;
 
 fn options_text(o: &SynOptions) -> String {
     let mut parts = Vec::new();
