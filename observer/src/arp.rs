@@ -321,6 +321,8 @@ struct Resolution {
     request: Pending,
     reply_ts: u64,
     reply_frame: u64,
+    /// A segment came back from the resolved address: SYNs sent from now on did not wait in its queue.
+    answered: bool,
 }
 
 /// Observer's ARP analysis: Wireshark's duplicate table plus request/reply pairing, retries, give-ups and the
@@ -433,6 +435,7 @@ impl ArpTracker {
                     request: p,
                     reply_ts: ts,
                     reply_frame: frame,
+                    answered: false,
                 });
                 (p, false)
             }
@@ -494,21 +497,32 @@ impl ArpTracker {
     }
 
     /// For an egress IPv4 SYN: the resolution it waited on, when the ARP reply for its destination came just
-    /// before it (a SYN queued on an unresolved neighbour leaves the moment the reply arrives).
-    pub fn resolution_wait(&self, rec: &TcpRecord) -> Option<ResolutionWait> {
-        if rec.ip_version != 4 || rec.header.direction != DIR_EGRESS || rec.flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
+    /// before it and nothing came back from that address since (SYNs queued on an unresolved neighbour leave
+    /// together the moment the reply arrives; a SYN sent after an answer from the peer did not wait).
+    /// Every TCP segment passes through here, so that an answer from the peer closes the resolution.
+    pub fn resolution_wait(&mut self, rec: &TcpRecord) -> Option<ResolutionWait> {
+        if rec.ip_version != 4 {
             return None;
         }
-        let dst = [rec.daddr[0], rec.daddr[1], rec.daddr[2], rec.daddr[3]];
+        let egress = rec.header.direction == DIR_EGRESS;
+        let addr = if egress { &rec.daddr } else { &rec.saddr };
+        let peer = [addr[0], addr[1], addr[2], addr[3]];
         let ts = rec.header.ts_ns;
-        let r = self.resolved.iter().rev().find(|r| {
-            r.question.0 == rec.header.ifindex
-                && r.question.2 == dst
-                && ts >= r.reply_ts
-                && ts - r.reply_ts <= RESOLUTION_SLACK_NS
-        })?;
+        let r = self
+            .resolved
+            .iter_mut()
+            .rev()
+            .find(|r| r.question.0 == rec.header.ifindex && r.question.2 == peer)?;
+        if !egress {
+            r.answered = true;
+            return None;
+        }
+        let syn = rec.flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        if !syn || r.answered || ts < r.reply_ts || ts - r.reply_ts > RESOLUTION_SLACK_NS {
+            return None;
+        }
         Some(ResolutionWait {
-            target: Ipv4Addr::from(dst),
+            target: Ipv4Addr::from(peer),
             wait_ns: ts.saturating_sub(r.request.first_ts),
             request_frame: r.request.first_frame,
             reply_frame: r.reply_frame,
@@ -799,6 +813,20 @@ pub(crate) mod tests {
         let mut ingress = syn(1, IP2);
         ingress.header.direction = 0;
         assert_eq!(t.resolution_wait(&ingress), None);
+        assert!(
+            t.resolution_wait(&syn(2, IP2)).is_some(),
+            "a second SYN of the queued burst waited too"
+        );
+        let mut answer = syn(2, IP1);
+        answer.header.direction = 0;
+        answer.saddr[..4].copy_from_slice(&IP2);
+        answer.flags = TCP_SYN | TCP_ACK;
+        assert_eq!(t.resolution_wait(&answer), None);
+        assert_eq!(
+            t.resolution_wait(&syn(3, IP2)),
+            None,
+            "sent after the peer answered: no wait"
+        );
     }
 
     fn change(ms: u64, ip: [u8; 4]) -> NeighChange {

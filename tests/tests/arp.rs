@@ -1,14 +1,14 @@
 //! ARP end to end: the agent on veth-a beside tshark (the oracle for every Info) and `ip neigh` (the oracle for
 //! the neighbour entries): a resolution with its response time and neighbour entry, an unanswered request with
 //! its retries and give-up, and crafted gratuitous, probe, announcement and duplicate-address frames.
-//! Subnets 228-230 and 239; traffic stays inside the namespaces each test creates.
+//! Subnets 228-230, 239 and 241; traffic stays inside the namespaces each test creates.
 
 use std::{thread, time::Duration};
 
 use tests::{
     agent::{Agent, Finished},
     netns::{self, Netns, Pair},
-    require,
+    require, traffic,
     tshark::{Tshark, field_args},
 };
 
@@ -395,4 +395,57 @@ fn two_hosts_claiming_one_ip() {
         "tshark flags the same packet: {theirs:#?}"
     );
     assert_eq!(ours, theirs, "observer's ARP Info vs tshark's");
+}
+
+/// A connection to a neighbour not yet resolved: the SYN leaves only after the ARP reply, and its line names the
+/// request and reply it waited on (JSON `arp_wait`), the wait counted from the request; a second connection, with
+/// the entry cached, waited on nothing.
+#[test]
+fn a_syn_waits_on_resolution() {
+    const NAME: &str = "a_syn_waits_on_resolution";
+    if !require::root(NAME) {
+        return;
+    }
+    let pair = Pair::new("aw", 241).expect("namespaces");
+    let server: std::net::SocketAddr = format!("{}:46200", pair.b_addr).parse().expect("address");
+    let listener = traffic::listen(&pair.b, server, None).expect("listening in b");
+    let agent = Agent::start(&pair.a, &["--iface", &pair.a_if, "--json"]).expect("starting observer");
+    pair.a.ip(&["neigh", "flush", "dev", &pair.a_if]).expect("neigh flush");
+    let first = traffic::connect(&pair.a, None, server).expect("first connection");
+    let second = traffic::connect(&pair.a, None, server).expect("second connection");
+    let syns = std::cell::Cell::new(0);
+    let f = stop_after(agent, |l| {
+        let syn = l.contains("\"flags\":[\"SYN\"]") && l.contains("\"direction\":\"out\"");
+        syns.set(syns.get() + usize::from(syn));
+        syns.get() == 2
+    });
+    drop((first, second, listener));
+    let all: Vec<serde_json::Value> = f.stdout.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let by_frame = |n: &serde_json::Value| all.iter().find(|v| v["frame"] == *n && v["proto"] != "analysis");
+    let syn: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|v| v["proto"] == "tcp" && v["flags"] == serde_json::json!(["SYN"]) && v["direction"] == "out")
+        .collect();
+    assert_eq!(syn.len(), 2, "two SYNs in {all:#?}");
+    let wait = &syn[0]["arp_wait"];
+    assert_eq!(wait["target"], pair.b_addr.as_str(), "{:#}", syn[0]);
+    let request = by_frame(&wait["request_frame"]).expect("the request's frame");
+    let reply = by_frame(&wait["reply_frame"]).expect("the reply's frame");
+    let (b, a) = (&pair.b_addr, &pair.a_addr);
+    assert_eq!(request["summary"], format!("Who has {b}? Tell {a}"));
+    assert!(
+        reply["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with(&format!("{b} is at ")))
+    );
+    let ts = |v: &serde_json::Value| v["ts_ns"].as_u64().expect("ts_ns");
+    let frame = |v: &serde_json::Value| v["frame"].as_u64().expect("frame");
+    assert!(frame(request) < frame(reply) && frame(reply) < frame(syn[0]));
+    assert_eq!(wait["wait_ns"].as_u64(), Some(ts(syn[0]) - ts(request)));
+    assert_eq!(
+        syn[1]["arp_wait"],
+        serde_json::Value::Null,
+        "the entry was cached: {:#}",
+        syn[1]
+    );
 }
