@@ -30,6 +30,8 @@ struct Case {
     bytes: Vec<u8>,
     /// Goal as a multiple of the empty program, if any.
     goal: Option<f64>,
+    /// Run with `--write`'s configuration: the header bytes copied into the record.
+    snap: bool,
 }
 
 /// What the command line asks for.
@@ -103,10 +105,11 @@ fn run(opts: Options) -> anyhow::Result<()> {
 }
 
 fn packets() -> anyhow::Result<()> {
-    let mut kernel = Kernel::load(&Config {
+    let config = Config {
         discard: 1,
         ..Config::default()
-    })?;
+    };
+    let mut kernels = [Kernel::load(&config)?, Kernel::load(&Config { snap: 1, ..config })?];
     let syn = oracle::syn_with_all_options();
     let cases = [
         Case {
@@ -114,48 +117,77 @@ fn packets() -> anyhow::Result<()> {
             frame: "SYN with options",
             bytes: syn.clone(),
             goal: None,
+            snap: false,
         },
         Case {
             program: Program::TcIngress,
             frame: "SYN with options",
             bytes: syn.clone(),
             goal: Some(4.0),
+            snap: false,
         },
         Case {
             program: Program::TcIngress,
             frame: "pure ACK",
             bytes: oracle::pure_ack(),
             goal: None,
+            snap: false,
         },
         Case {
             program: Program::TcIngress,
             frame: "ARP request",
             bytes: oracle::arp_request(),
             goal: None,
+            snap: false,
         },
         Case {
             program: Program::TcIngress,
             frame: "non-IP frame",
             bytes: oracle::non_ip_frame(),
             goal: Some(1.5),
+            snap: false,
         },
         Case {
             program: Program::Xdp,
             frame: "SYN with options",
             bytes: syn,
             goal: None,
+            snap: false,
         },
         Case {
             program: Program::Xdp,
             frame: "non-IP frame",
             bytes: oracle::non_ip_frame(),
             goal: None,
+            snap: false,
+        },
+        Case {
+            program: Program::TcIngress,
+            frame: "SYN, --write",
+            bytes: oracle::syn_with_all_options(),
+            goal: None,
+            snap: true,
+        },
+        Case {
+            program: Program::TcIngress,
+            frame: "ARP, --write",
+            bytes: oracle::arp_request(),
+            goal: None,
+            snap: true,
+        },
+        Case {
+            program: Program::Xdp,
+            frame: "SYN, --write",
+            bytes: oracle::syn_with_all_options(),
+            goal: None,
+            snap: true,
         },
     ];
     // Rounds interleave the cases so that a noisy moment hits all of them; each figure is a median.
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); cases.len()];
     for _ in 0..ROUNDS {
         for (case, s) in cases.iter().zip(&mut samples) {
+            let kernel = &mut kernels[usize::from(case.snap)];
             s.push(kernel.run(case.program, &case.bytes, REPEAT)?.duration);
         }
     }
