@@ -12,9 +12,10 @@
 use crate::{
     counter::Counter,
     record::{
-        ArpRecord, HDR_VLAN_OFFLOADED, KIND_ARP, KIND_TCP, MAX_OPTION_KINDS, MAX_SACK_BLOCKS, MAX_VLAN_TAGS, OPT_MSS,
-        OPT_SACK, OPT_SACK_PERM, OPT_TIMESTAMP, OPT_UNKNOWN, OPT_WSCALE, OPTKIND_EOL, OPTKIND_MSS, OPTKIND_NOP,
-        OPTKIND_SACK, OPTKIND_SACK_PERM, OPTKIND_TIMESTAMP, OPTKIND_WSCALE, RecordHeader, SNAP_LEN, Snap, TcpRecord,
+        ArpRecord, HDR_VLAN_8021AD, HDR_VLAN_OFFLOADED, KIND_ARP, KIND_TCP, MAX_OPTION_KINDS, MAX_SACK_BLOCKS,
+        MAX_VLAN_TAGS, OPT_MSS, OPT_SACK, OPT_SACK_PERM, OPT_TIMESTAMP, OPT_UNKNOWN, OPT_WSCALE, OPTKIND_EOL,
+        OPTKIND_MSS, OPTKIND_NOP, OPTKIND_SACK, OPTKIND_SACK_PERM, OPTKIND_TIMESTAMP, OPTKIND_WSCALE, RecordHeader,
+        SNAP_LEN, Snap, TPID_8021AD, TcpRecord,
     },
 };
 
@@ -78,8 +79,8 @@ pub trait Frame {
     /// the frame.
     fn load_prefix(&self, snap: &mut Snap, len: usize) -> Option<()>;
 
-    /// The VLAN id the NIC or stack took out of the frame into metadata (TC only).
-    fn offloaded_vlan(&self) -> Option<u16> {
+    /// The VLAN TCI and TPID the NIC or stack took out of the frame into metadata (TC only).
+    fn offloaded_vlan(&self) -> Option<(u16, u16)> {
         None
     }
 }
@@ -131,6 +132,8 @@ pub struct Link {
     pub vlan_count: u8,
     /// Whether `vlan_ids[0]` came from metadata rather than the frame.
     pub vlan_offloaded: bool,
+    /// Whether that offloaded tag was an 802.1ad service tag.
+    pub vlan_offloaded_ad: bool,
     /// EtherType after the VLAN tags.
     pub ethertype: u16,
     /// Offset of the network header.
@@ -147,6 +150,9 @@ impl Link {
         h.vlan_count = self.vlan_count;
         if self.vlan_offloaded {
             h.flags |= HDR_VLAN_OFFLOADED;
+        }
+        if self.vlan_offloaded_ad {
+            h.flags |= HDR_VLAN_8021AD;
         }
         h.kind = kind;
         h.wire_len = wire_len as u32;
@@ -202,9 +208,10 @@ pub fn parse_link<F: Frame + ?Sized>(f: &F) -> Result<(Link, Payload), Counter> 
     let mut ethertype = be16(&eth, 12);
     let mut offset = 14;
     let mut count = 0usize;
-    if let Some(vid) = f.offloaded_vlan() {
+    if let Some((vid, tpid)) = f.offloaded_vlan() {
         link.vlan_ids[0] = vid & 0x0fff;
         link.vlan_offloaded = true;
+        link.vlan_offloaded_ad = tpid == TPID_8021AD;
         count = 1;
     }
     // Bounded loop: one pass per possible tag, plus one to detect a third.

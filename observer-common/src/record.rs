@@ -32,6 +32,12 @@ pub const HDR_SNAP: u8 = 0x01;
 /// `RecordHeader::flags`: `vlan_ids[0]` came from the skb's metadata (an offloaded tag), not from the frame's
 /// bytes, so a [`Snap`] does not contain it.
 pub const HDR_VLAN_OFFLOADED: u8 = 0x02;
+/// `RecordHeader::flags`: the offloaded tag was an 802.1ad service tag (TPID 0x88a8), not 802.1Q (0x8100).
+pub const HDR_VLAN_8021AD: u8 = 0x04;
+/// TPID of an 802.1Q tag.
+pub const TPID_8021Q: u16 = 0x8100;
+/// TPID of an 802.1ad service tag.
+pub const TPID_8021AD: u16 = 0x88a8;
 
 /// Most frame bytes a [`Snap`] carries: Ethernet with two VLAN tags (22), IPv4 with options (60) and TCP with
 /// options (60) need 142; the rest leaves IPv6 (40) room for 70 bytes of extension headers beside the

@@ -29,7 +29,7 @@ pub trait Context {
     /// The load-bytes helper: `len` bytes at `offset` into `dst`.
     fn helper_load(&self, offset: usize, dst: *mut u8, len: usize) -> bool;
     /// The VLAN id the stack moved from the frame into metadata.
-    fn vlan(&self) -> Option<u16>;
+    fn vlan(&self) -> Option<(u16, u16)>;
 }
 
 impl Context for TcContext {
@@ -50,10 +50,11 @@ impl Context for TcContext {
     }
 
     #[inline(always)]
-    fn vlan(&self) -> Option<u16> {
+    fn vlan(&self) -> Option<(u16, u16)> {
         let skb = self.skb.skb;
         // SAFETY: skb is the __sk_buff context; these fields are readable by TC programs.
-        unsafe { ((*skb).vlan_present != 0).then(|| (*skb).vlan_tci as u16) }
+        // vlan_proto holds the kernel's __be16 as loaded: network order.
+        unsafe { ((*skb).vlan_present != 0).then(|| ((*skb).vlan_tci as u16, u16::from_be((*skb).vlan_proto as u16))) }
     }
 }
 
@@ -75,7 +76,7 @@ impl Context for XdpContext {
     }
 
     #[inline(always)]
-    fn vlan(&self) -> Option<u16> {
+    fn vlan(&self) -> Option<(u16, u16)> {
         None
     }
 }
@@ -149,7 +150,7 @@ impl<C: Context> Frame for Packet<'_, C> {
     }
 
     #[inline(always)]
-    fn offloaded_vlan(&self) -> Option<u16> {
+    fn offloaded_vlan(&self) -> Option<(u16, u16)> {
         self.0.vlan()
     }
 }

@@ -16,7 +16,9 @@ use std::{
     time::Duration,
 };
 
-use observer_common::record::{DIR_EGRESS, DIR_INGRESS, HDR_VLAN_OFFLOADED, RecordHeader, SNAP_LEN, Snap};
+use observer_common::record::{
+    DIR_EGRESS, DIR_INGRESS, HDR_VLAN_8021AD, HDR_VLAN_OFFLOADED, RecordHeader, SNAP_LEN, Snap, TPID_8021AD, TPID_8021Q,
+};
 use pcap_file::{
     DataLink, Endianness, PcapError,
     pcapng::{
@@ -226,7 +228,7 @@ fn interface_name(ifindex: u32) -> Option<String> {
 }
 
 /// The frame as it was on the wire: `bytes`, with the offloaded VLAN tag of `header` put back after the MAC
-/// addresses as an 802.1Q tag.
+/// addresses, as an 802.1ad or 802.1Q tag as it came.
 pub fn frame_bytes<'a>(header: &RecordHeader, bytes: &'a [u8]) -> Cow<'a, [u8]> {
     if header.flags & HDR_VLAN_OFFLOADED == 0 || header.vlan_count == 0 || bytes.len() < ETHERTYPE_OFFSET {
         return Cow::Borrowed(bytes);
@@ -234,7 +236,12 @@ pub fn frame_bytes<'a>(header: &RecordHeader, bytes: &'a [u8]) -> Cow<'a, [u8]> 
     let vid = header.vlan_ids[0] & 0x0fff;
     let mut out = Vec::with_capacity(bytes.len() + VLAN_TAG_LEN);
     out.extend_from_slice(&bytes[..ETHERTYPE_OFFSET]);
-    out.extend_from_slice(&[0x81, 0x00]);
+    let tpid = if header.flags & HDR_VLAN_8021AD != 0 {
+        TPID_8021AD
+    } else {
+        TPID_8021Q
+    };
+    out.extend_from_slice(&tpid.to_be_bytes());
     out.extend_from_slice(&vid.to_be_bytes());
     out.extend_from_slice(&bytes[ETHERTYPE_OFFSET..]);
     Cow::Owned(out)
@@ -304,6 +311,25 @@ mod tests {
             kind: 1,
             ..RecordHeader::default()
         }
+    }
+
+    #[test]
+    fn offloaded_tags_go_back_with_their_tpid() {
+        let frame: Vec<u8> = (0..20u8).collect();
+        let mut h = header(1, DIR_INGRESS, 64);
+        h.vlan_count = 2;
+        h.vlan_ids = [200, 100];
+        assert_eq!(
+            frame_bytes(&h, &frame).as_ref(),
+            frame.as_slice(),
+            "tags in the bytes stay as they are"
+        );
+        h.flags = HDR_VLAN_OFFLOADED;
+        assert_eq!(frame_bytes(&h, &frame)[12..16], [0x81, 0x00, 0, 200]);
+        h.flags |= HDR_VLAN_8021AD;
+        let ad = frame_bytes(&h, &frame);
+        assert_eq!(ad[12..16], [0x88, 0xa8, 0, 200]);
+        assert_eq!(ad[16..], frame[12..]);
     }
 
     #[test]

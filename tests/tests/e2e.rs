@@ -777,8 +777,13 @@ fn vlan_ids_at_tc_and_xdp() {
     }
     let pair = Pair::new("vl", 209).expect("namespaces");
     for hook in ["tc", "xdp"] {
-        let mut agent =
-            Agent::start(&pair.a, &["--iface", &pair.a_if, "--hook", hook, "--json"]).expect("starting observer");
+        let file = std::env::temp_dir().join(format!("observer-vlan-{}-{hook}.pcapng", std::process::id()));
+        let write = file.to_string_lossy().into_owned();
+        let mut agent = Agent::start(
+            &pair.a,
+            &["--iface", &pair.a_if, "--hook", hook, "--json", "--write", &write],
+        )
+        .expect("starting observer");
         inject(&pair.b, &pair.b_if, vec![oracle::vlan_tcp(), oracle::double_vlan_tcp()]);
         let mut seen = Vec::new();
         // The double-tagged frame is sent last: once it is printed, the other one has passed the hook too.
@@ -799,6 +804,19 @@ fn vlan_ids_at_tc_and_xdp() {
             [serde_json::json!([100]), serde_json::json!([200, 100])],
             "{hook}: {f:#?}"
         );
+        // The pcapng holds the tags too, as sent (the outer one is an 802.1ad service tag): at TC the outer one
+        // comes from the skb's metadata and is put back with its TPID.
+        let fields = ["-Y", "tcp", "-T", "fields", "-e", "ieee8021ad.id", "-e", "vlan.id"];
+        let args: Vec<String> = fields.map(str::to_owned).into();
+        let read = tshark::read(&file, &args);
+        let _ = std::fs::remove_file(&file);
+        if require::tool(NAME, "tshark") {
+            assert_eq!(
+                read.expect("tshark -r"),
+                ["\t100", "200\t100"],
+                "{hook}: VLAN ids in the pcapng"
+            );
+        }
     }
 }
 
