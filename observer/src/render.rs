@@ -680,15 +680,34 @@ pub fn arp_json<'a>(clock: &Clock, iface: &'a str, rec: &ArpRecord, a: &ArpAnaly
     }
 }
 
+/// The fields every line of observer's own (kernel, analysis, neighbour) starts with.
+#[derive(Clone, Debug, Serialize)]
+pub struct LineHead {
+    /// RFC 3339 UTC wall time with microseconds.
+    pub time: String,
+    /// Boot-time nanoseconds of what the line reports.
+    pub ts_ns: u64,
+    /// `kernel`, `analysis` or `neigh`.
+    pub proto: &'static str,
+}
+
+impl LineHead {
+    /// The head of a `proto` line about boot time `ts_ns`.
+    pub fn new(clock: &Clock, ts_ns: u64, proto: &'static str) -> Self {
+        LineHead {
+            time: clock.rfc3339(ts_ns),
+            ts_ns,
+            proto,
+        }
+    }
+}
+
 /// The JSON object of a `neigh` line (schema in the README).
 #[derive(Clone, Debug, Serialize)]
 pub struct NeighLineJson<'a> {
-    /// RFC 3339 UTC wall time with microseconds (when observer read the change).
-    pub time: String,
-    /// Boot-time nanoseconds when observer read the change.
-    pub ts_ns: u64,
-    /// Always `neigh`.
-    pub proto: &'static str,
+    /// When observer read the change; proto `neigh`.
+    #[serde(flatten)]
+    pub head: LineHead,
     /// Interface name.
     pub iface: &'a str,
     /// The entry.
@@ -703,12 +722,9 @@ pub struct NeighLineJson<'a> {
 /// The JSON object of an ARP question given up (schema in the README).
 #[derive(Clone, Debug, Serialize)]
 pub struct ArpUnansweredJson<'a> {
-    /// RFC 3339 UTC wall time with microseconds (when it was given up).
-    pub time: String,
-    /// Boot-time nanoseconds when it was given up.
-    pub ts_ns: u64,
-    /// Always `analysis`.
-    pub proto: &'static str,
+    /// When it was given up; proto `analysis`.
+    #[serde(flatten)]
+    pub head: LineHead,
     /// Always `arp_unanswered`.
     pub event: &'static str,
     /// Interface name.
@@ -780,12 +796,9 @@ impl Renderer {
 /// The JSON object of a kernel line (schema in the README).
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelJson<'a> {
-    /// RFC 3339 UTC wall time with microseconds.
-    pub time: String,
-    /// Boot-time nanoseconds from the kernel.
-    pub ts_ns: u64,
-    /// Always `kernel`.
-    pub proto: &'static str,
+    /// The kernel's time of the event; proto `kernel`.
+    #[serde(flatten)]
+    pub head: LineHead,
     /// `state` for a state change, else the event (`synack_retransmit`, `reset_sent` ...).
     pub event: &'a str,
     /// Local address and port, when known.
@@ -941,9 +954,7 @@ impl Renderer {
             return format!("{} arp {iface} {summary}", self.clock.time_of_day(u.ts_ns));
         }
         json_text(serde_json::to_value(ArpUnansweredJson {
-            time: self.clock.rfc3339(u.ts_ns),
-            ts_ns: u.ts_ns,
-            proto: "analysis",
+            head: LineHead::new(&self.clock, u.ts_ns, "analysis"),
             event: "arp_unanswered",
             iface: &iface,
             sender_ip: u.sender_ip,
@@ -967,9 +978,7 @@ impl Renderer {
             return format!("{} neigh {summary}", self.clock.time_of_day(c.ts_ns));
         }
         json_text(serde_json::to_value(NeighLineJson {
-            time: self.clock.rfc3339(c.ts_ns),
-            ts_ns: c.ts_ns,
-            proto: "neigh",
+            head: LineHead::new(&self.clock, c.ts_ns, "neigh"),
             iface: &iface,
             entry: c.into(),
             after_frame: after,
@@ -981,9 +990,7 @@ impl Renderer {
     pub fn state(&self, change: &StateChange, owner: Option<&Owner>) -> String {
         let summary = format!("{}→{}", change.old.name(), change.new.name());
         let j = KernelJson {
-            time: self.clock.rfc3339(change.ts_ns),
-            ts_ns: change.ts_ns,
-            proto: "kernel",
+            head: LineHead::new(&self.clock, change.ts_ns, "kernel"),
             event: "state",
             local: Some(change.tuple.local.to_string()),
             remote: Some(change.tuple.remote.to_string()),
@@ -999,9 +1006,7 @@ impl Renderer {
     /// The line of another kernel event: `<time> kernel <local> → <remote> <what>`.
     pub fn note(&self, note: &KernelNote) -> String {
         let j = KernelJson {
-            time: self.clock.rfc3339(note.ts_ns),
-            ts_ns: note.ts_ns,
-            proto: "kernel",
+            head: LineHead::new(&self.clock, note.ts_ns, "kernel"),
             event: &note.event,
             local: note.tuple.map(|t| t.local.to_string()),
             remote: note.tuple.map(|t| t.remote.to_string()),
@@ -1018,7 +1023,7 @@ impl Renderer {
         if self.json {
             return json_text(serde_json::to_value(j));
         }
-        let mut line = format!("{} kernel", self.clock.time_of_day(j.ts_ns));
+        let mut line = format!("{} kernel", self.clock.time_of_day(j.head.ts_ns));
         if let (Some(l), Some(r)) = (&j.local, &j.remote) {
             let _ = write!(line, " {l} {arrow} {r}");
         }

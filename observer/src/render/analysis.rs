@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::{Clock, json_text};
+use super::{Clock, LineHead, json_text};
 use crate::flows::timeline::{HandshakeOutcome, HandshakeReport, Role, SynOptions, TeardownKind, TeardownReport};
 
 fn us(ns: u64) -> u64 {
@@ -177,12 +177,9 @@ pub struct AgreedJson {
 /// JSON of an `analysis` line (schema in the README); fields of the other event are absent.
 #[derive(Clone, Debug, Serialize)]
 pub struct AnalysisJson {
-    /// RFC 3339 UTC wall time with microseconds.
-    pub time: String,
-    /// Boot-time nanoseconds of the segment that ended it.
-    pub ts_ns: u64,
-    /// Always `analysis`.
-    pub proto: &'static str,
+    /// The time of the segment that ended it; proto `analysis`.
+    #[serde(flatten)]
+    pub head: LineHead,
     /// `handshake` or `teardown`.
     pub event: &'static str,
     /// Client address and port.
@@ -267,9 +264,7 @@ pub fn handshake(clock: &Clock, h: &HandshakeReport, json: bool) -> String {
         HandshakeOutcome::Incomplete => ("incomplete", None),
     };
     let j = AnalysisJson {
-        time: clock.rfc3339(h.ts_ns),
-        ts_ns: h.ts_ns,
-        proto: "analysis",
+        head: LineHead::new(clock, h.ts_ns, "analysis"),
         event: "handshake",
         client: h.client.to_string(),
         server: h.server.to_string(),
@@ -311,9 +306,7 @@ pub fn teardown(clock: &Clock, t: &TeardownReport, json: bool) -> String {
     }
     let start = t.steps().first().map(|s| s.ts_ns).unwrap_or(t.ts_ns);
     let j = AnalysisJson {
-        time: clock.rfc3339(t.ts_ns),
-        ts_ns: t.ts_ns,
-        proto: "analysis",
+        head: LineHead::new(clock, t.ts_ns, "analysis"),
         event: "teardown",
         client: t.client.to_string(),
         server: t.server.to_string(),
