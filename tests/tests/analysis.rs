@@ -802,15 +802,14 @@ fn bulk_transfer_with_loss() {
         assert_eq!(server.join().expect("server thread").expect("server"), SIZE);
     });
     if let Some(own) = own {
-        assert_produced(
-            NAME,
-            &own,
-            &[
-                "tcp.analysis.retransmission",
-                "tcp.analysis.fast_retransmission",
-                "tcp.analysis.duplicate_ack",
-                "tcp.options.sack_le",
-            ],
+        assert_produced(NAME, &own, &["tcp.analysis.duplicate_ack", "tcp.options.sack_le"]);
+        // Whether Wireshark calls a resent segment a fast retransmission depends on timing (within 20 ms of two
+        // dup ACKs, at the peer's ACK), and random loss on a veth does not always produce one; some retransmission
+        // it must be. Every kind that shows up is compared above.
+        let resent = ["tcp.analysis.retransmission", "tcp.analysis.fast_retransmission"];
+        assert!(
+            resent.iter().any(|f| own.contains_key(*f)),
+            "{NAME}: the scenario is broken, tshark saw no retransmission (it saw {own:?})"
         );
     }
 }
