@@ -132,6 +132,12 @@ pub fn default_route_from(route: &str, ipv6_route: &str) -> Option<String> {
     })
 }
 
+/// Whether an interface is a loopback device (ARPHRD_LOOPBACK), where every packet passes TC twice: out, then in.
+pub fn is_loopback(name: &str) -> bool {
+    const ARPHRD_LOOPBACK: &str = "772";
+    read(&format!("/sys/class/net/{name}/type")).is_ok_and(|t| t.trim() == ARPHRD_LOOPBACK)
+}
+
 /// The index of an interface, or 0 when it does not exist.
 pub fn ifindex(name: &str) -> u32 {
     read(&format!("/sys/class/net/{name}/ifindex"))

@@ -10,6 +10,7 @@
 
 mod analysis;
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -295,6 +296,32 @@ pub fn tcp_annotations(a: &TcpAnalysis) -> Vec<String> {
     }
     out.extend(a.fills_hole.map(|h| format!("fills hole {}-{}", h.left, h.right)));
     out
+}
+
+/// A wire record to write to the pcapng file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// Its comment: the line's annotations and socket side.
+    pub comment: Option<String>,
+}
+
+/// Outgoing loopback segments remembered until their incoming copy: a copy follows within microseconds.
+const MAX_TWINS: usize = 256;
+
+/// What identifies a loopback segment's incoming copy: every field the copy shares with the original.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TwinKey {
+    ends: ([u8; 16], [u8; 16], u16, u16),
+    numbers: (u32, u32, u8, u16, u16, u32),
+}
+
+impl TwinKey {
+    fn of(r: &TcpRecord) -> Self {
+        TwinKey {
+            ends: (r.saddr, r.daddr, r.sport, r.dport),
+            numbers: (r.seq, r.ack, r.flags, r.payload_len, r.window, r.tsval),
+        }
+    }
 }
 
 /// A packet's comment in the pcapng file: its annotations and socket side as the text line shows them
@@ -754,8 +781,10 @@ pub struct Renderer {
     arp: ArpTracker,
     /// Wire records rendered so far (TCP and ARP): the last frame number given.
     frames: u64,
-    /// The pcapng comment of the last wire record rendered.
-    comment: Option<String>,
+    /// The last wire record rendered, when it is a frame of its own (not a loopback copy): its pcapng comment.
+    written: Option<Written>,
+    /// On a loopback interface, the analyses of segments seen going out, waiting for their copy coming in.
+    twins: Option<VecDeque<(TwinKey, TcpAnalysis)>>,
 }
 
 impl Renderer {
@@ -771,8 +800,16 @@ impl Renderer {
             flows: FlowTable::default(),
             arp: ArpTracker::default(),
             frames: 0,
-            comment: None,
+            written: None,
+            twins: None,
         }
+    }
+
+    /// For a loopback interface: a segment's copy coming back in is the same frame as the one that went out, with
+    /// its analysis (tcpdump and tshark see it once); only its socket side is its own.
+    pub fn with_loopback(mut self, loopback: bool) -> Self {
+        self.twins = loopback.then(VecDeque::new);
+        self
     }
 
     /// Replaces the clock.
@@ -834,13 +871,22 @@ impl Renderer {
     /// A TCP segment's line, with its socket side after ` ⇒ ` (text) or as `socket` (JSON, null if unknown).
     pub fn segment(&mut self, rec: &TcpRecord, link: Option<&SocketLink>) -> String {
         let iface = self.iface_of(rec.header.ifindex);
-        let frame = self.next_frame();
-        let a = self.flows.observe_frame(rec, frame);
+        let (a, copy) = match self.twin_of(rec) {
+            Some(a) => (a, true),
+            None => {
+                let frame = self.next_frame();
+                let a = self.flows.observe_frame(rec, frame);
+                self.remember_twin(rec, &a);
+                (a, false)
+            }
+        };
         let wait = self.arp.resolution_wait(rec);
         let mut notes = tcp_annotations(&a);
         notes.extend(wait.map(|w| w.annotation()));
         let side = link.map(SocketLink::text).filter(|t| !t.is_empty());
-        self.comment = packet_comment(&notes, side.as_deref());
+        self.written = (!copy).then(|| Written {
+            comment: packet_comment(&notes, side.as_deref()),
+        });
         let mut out = if self.json {
             let value = serde_json::to_value(tcp_json(&self.clock, &iface, rec, &a)).and_then(|mut v| {
                 v["socket"] = serde_json::to_value(link)?;
@@ -893,16 +939,47 @@ impl Renderer {
         let iface = self.iface_of(rec.header.ifindex);
         let frame = self.next_frame();
         let a = self.arp.observe(rec, frame);
-        self.comment = packet_comment(&arp_annotations(&a), None);
+        self.written = Some(Written {
+            comment: packet_comment(&arp_annotations(&a), None),
+        });
         if !self.json {
             return arp_line(&self.clock, &iface, rec, &a);
         }
         json_text(serde_json::to_value(arp_json(&self.clock, &iface, rec, &a)))
     }
 
-    /// The pcapng comment of the last wire record rendered (its annotations and socket side), taken once.
-    pub fn take_comment(&mut self) -> Option<String> {
-        self.comment.take()
+    /// The last wire record rendered, to write to the pcapng file, taken once; `None` for a loopback copy, which
+    /// is the frame written before it.
+    pub fn take_written(&mut self) -> Option<Written> {
+        self.written.take()
+    }
+
+    /// On loopback, the analysis of the outgoing copy of this incoming segment (taken once).
+    fn twin_of(&mut self, rec: &TcpRecord) -> Option<TcpAnalysis> {
+        let twins = self.twins.as_mut()?;
+        if rec.header.direction == DIR_EGRESS {
+            return None;
+        }
+        let key = TwinKey::of(rec);
+        let i = twins.iter().position(|(k, _)| *k == key)?;
+        let (_, a) = twins.remove(i)?;
+        // The timelines were reported with the outgoing copy.
+        Some(TcpAnalysis {
+            handshake: None,
+            teardown: None,
+            ..a
+        })
+    }
+
+    fn remember_twin(&mut self, rec: &TcpRecord, a: &TcpAnalysis) {
+        let Some(twins) = self.twins.as_mut() else { return };
+        if rec.header.direction != DIR_EGRESS {
+            return;
+        }
+        if twins.len() >= MAX_TWINS {
+            twins.pop_front();
+        }
+        twins.push_back((TwinKey::of(rec), *a));
     }
 
     /// The ARP analysis: counters, [`ArpTracker::summary_text`], [`ArpTracker::resolution_wait`].
@@ -1492,6 +1569,44 @@ mod tests {
     }
 
     #[test]
+    fn loopback_copies_are_the_frame_that_went_out() {
+        // On lo every segment passes TC out and then in: the same packet, which tshark sees once.
+        let (c, s) = (([127, 0, 0, 1], 40000), ([127, 0, 0, 1], 46300));
+        let syn = seg(c, s, SYN, 1000, 0, 65495, 0);
+        let synack = seg(s, c, SYN | ACK, 5000, 1001, 65483, 0);
+        let ack = seg(c, s, ACK, 1001, 5001, 64, 0);
+        let both = |r: TcpRecord| [framed(r, 74, DIR_EGRESS), framed(r, 74, DIR_INGRESS)];
+        let packets: Vec<TcpRecord> = [syn, synack, ack].into_iter().flat_map(both).collect();
+        let mut lo = Renderer::new("lo", 0, true).with_clock(clock()).with_loopback(true);
+        let mut objects = Vec::new();
+        let mut written = 0;
+        for p in &packets {
+            let lines = lo.segment(p, None);
+            written += usize::from(lo.take_written().is_some());
+            objects.extend(
+                lines
+                    .lines()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+            );
+        }
+        let tcp: Vec<&serde_json::Value> = objects.iter().filter(|v| v["proto"] == "tcp").collect();
+        let frames: Vec<u64> = tcp.iter().map(|v| v["frame"].as_u64().unwrap()).collect();
+        assert_eq!(frames, [1, 1, 2, 2, 3, 3]);
+        assert!(tcp.iter().all(|v| v["expert"] == serde_json::json!([])), "{tcp:#?}");
+        assert_eq!(written, 3, "one pcapng frame per packet");
+        let handshakes = objects.iter().filter(|v| v["event"] == "handshake").count();
+        assert_eq!(handshakes, 1, "{objects:#?}");
+        // The same records on another interface are six frames, three of them retransmissions in Wireshark's eyes.
+        let mut veth = Renderer::new("veth", 0, true).with_clock(clock());
+        let flagged = packets
+            .iter()
+            .map(|p| veth.segment(p, None))
+            .filter(|l| l.contains("TCP Retransmission") || l.contains("TCP Dup ACK"))
+            .count();
+        assert_eq!(flagged, 3);
+    }
+
+    #[test]
     fn packet_comments_are_the_text_lines_tail_in_both_modes() {
         let syn = framed(seg(C, S, SYN, 1000, 0, 64240, 0), 74, DIR_EGRESS);
         let ack = sack(framed(seg(S, C, ACK, 5001, 1001, 502, 0), 66, DIR_INGRESS), 1101, 1201);
@@ -1503,9 +1618,13 @@ mod tests {
         for json in [false, true] {
             let mut r = Renderer::new("eth0", 0, json).with_clock(clock());
             let lines = [r.segment(&syn, None), r.segment(&ack, Some(&link))];
-            let taken = r.take_comment();
+            let taken = r.take_written().and_then(|w| w.comment);
             let _ = r.segment(&syn, None);
-            assert_eq!(r.take_comment(), None, "a plain SYN has nothing to say");
+            assert_eq!(
+                r.take_written(),
+                Some(Written { comment: None }),
+                "a plain SYN has nothing to say"
+            );
             if !json {
                 let tail = lines[1].split_once(" · ").map(|(_, t)| t.to_owned());
                 assert_eq!(taken, tail, "the comment is the text line after the Info");

@@ -68,7 +68,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let flows = FlowTable::new(args.max_flows).with_idle_ns(args.flow_idle_secs.saturating_mul(1_000_000_000));
     let mut renderer = Renderer::new(&iface, preflight::ifindex(&iface), args.json)
         .with_clock(clock)
-        .with_flows(flows);
+        .with_flows(flows)
+        .with_loopback(preflight::is_loopback(&iface));
     let (mut linker, reasons) = if args.no_sockets {
         (None, None)
     } else {
@@ -293,16 +294,18 @@ impl<W: Write> Printer<W> {
     }
 
     /// Writes a wire record (with its header bytes) to the pcapng file, commented with the line's annotations
-    /// and socket side; a write error stops the agent.
+    /// and socket side, unless it is a loopback copy of the frame before; a write error stops the agent.
     fn write_packet(&mut self, output: &Output) {
-        let Some(writer) = self.pcap.as_mut() else { return };
         let header = match output {
             Output::Segment(rec, _) => &rec.header,
             Output::Arp(rec) => &rec.header,
             Output::State(..) | Output::Note(_) => return,
         };
-        let comment = self.renderer.take_comment();
         let snap = self.held.take(header).unwrap_or_default();
+        let (Some(writer), Some(written)) = (self.pcap.as_mut(), self.renderer.take_written()) else {
+            return;
+        };
+        let comment = written.comment;
         let packet = Packet {
             header,
             bytes: snap.bytes(),

@@ -13,7 +13,7 @@ use std::{
 
 use tests::{
     agent::{self, Agent},
-    netns::Pair,
+    netns::{Netns, Pair},
     require, traffic, tshark,
 };
 
@@ -198,4 +198,60 @@ fn an_unwritable_file_is_refused_before_attaching() {
         format!("observer: error: cannot create {bad}: No such file or directory (os error 2)"),
     );
     assert!(!stderr.contains(agent::READY), "attached before failing: {stderr}");
+}
+
+/// On a loopback device every packet passes TC twice, out and then in. tshark and tcpdump see it once, and so
+/// does the analysis: the copy coming in carries the frame number and flags of the one that went out (a clean
+/// connection has no expert flags at all), and the file holds each packet once, Info for Info.
+#[test]
+fn loopback_packets_are_one_frame_each() {
+    const NAME: &str = "loopback_packets_are_one_frame_each";
+    if !require::root(NAME) || !require::tool(NAME, "tshark") {
+        return;
+    }
+    let ns = Netns::new("lo").expect("namespace");
+    let file = TempFile::new("pcapng-lo");
+    let path = file.0.to_str().expect("a UTF-8 path");
+    let mut agent = Agent::start(&ns, &["--iface", "lo", "--json", "--write", path]).expect("starting observer");
+    let server: SocketAddr = format!("127.0.0.1:{PORT}").parse().expect("address");
+    let listener = traffic::listen(&ns, server, None).expect("listening");
+    let mut conn = traffic::connect(&ns, None, server).expect("connecting");
+    let (mut accepted, _) = listener.accept().expect("accept");
+    conn.write_all(REQUEST).expect("client write");
+    let mut got = vec![0u8; REQUEST.len()];
+    accepted.read_exact(&mut got).expect("server read");
+    accepted.write_all(REPLY).expect("server write");
+    let mut reply = vec![0u8; REPLY.len()];
+    conn.read_exact(&mut reply).expect("client read");
+    drop(conn);
+    drop(accepted);
+    let mut seen = Vec::new();
+    agent.wait_for(|l| l.contains(r#""event":"teardown""#), WAIT, &mut seen);
+    let mut f = agent.stop(libc::SIGINT).expect("stopping observer");
+    seen.append(&mut f.stdout);
+    let tcp: Vec<serde_json::Value> = seen
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["proto"] == "tcp")
+        .collect();
+    assert!(seen.iter().any(|l| l.contains(r#""event":"teardown""#)), "{seen:#?}");
+    let (outs, ins): (Vec<_>, Vec<_>) = tcp.iter().partition(|v| v["direction"] == "out");
+    let frames =
+        |list: &[&serde_json::Value]| -> Vec<u64> { list.iter().map(|v| v["frame"].as_u64().unwrap()).collect() };
+    assert_eq!(
+        frames(&outs),
+        frames(&ins),
+        "each packet in twice, as the same frame: {tcp:#?}"
+    );
+    assert!(
+        tcp.iter().all(|v| v["expert"] == serde_json::json!([])),
+        "no flags on a clean connection: {tcp:#?}"
+    );
+
+    let mut args: Vec<String> = tshark::TCP_PREFS.map(str::to_owned).into();
+    args.extend(tshark::field_args(&["_ws.col.Info"]));
+    let theirs = tshark::read(Path::new(path), &args).expect("tshark -r opens the file");
+    let ours: Vec<&str> = outs.iter().map(|v| v["summary"].as_str().unwrap()).collect();
+    assert_eq!(theirs, ours, "the file holds each packet once, Info for Info");
+    eprintln!("{NAME}: {} packets, each seen out and in", ours.len());
 }
