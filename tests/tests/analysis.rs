@@ -21,7 +21,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     thread,
     time::{Duration, Instant},
@@ -41,10 +41,11 @@ const WAIT: Duration = Duration::from_secs(20);
 const QUIET: Duration = Duration::from_millis(400);
 
 /// The fields asked of tshark for every packet.
-const FIELDS: [&str; 38] = [
+const FIELDS: [&str; 39] = [
     "frame.number",
     "frame.len",
     "ip.src",
+    "ipv6.src",
     "tcp.srcport",
     "tcp.dstport",
     "tcp.seq",
@@ -209,7 +210,7 @@ fn from_row(row: &Row, a_addr: &str) -> Seg {
     ]);
     Seg {
         frame: row.num("frame.number"),
-        out: row.get("ip.src") == a_addr,
+        out: row.get("ip.src") == a_addr || row.get("ipv6.src") == ipv6_of(a_addr),
         seq_abs: num("tcp.seq_raw").unwrap_or(0),
         ack_abs: num("tcp.ack_raw").filter(|_| has_ack),
         flags,
@@ -696,6 +697,15 @@ fn assert_produced(name: &str, own: &Tally, fields: &[&str]) {
     );
 }
 
+/// The IPv6 address a scenario gives the interface that has IPv4 address `v4` (10.S.0.N → fd00:S::N).
+fn ipv6_of(v4: &str) -> String {
+    let o: Vec<&str> = v4.split('.').collect();
+    match o.as_slice() {
+        [_, s, _, n] => format!("fd00:{s}::{n}"),
+        _ => String::new(),
+    }
+}
+
 fn addr(ip: &str, port: u16) -> SocketAddr {
     format!("{ip}:{port}").parse().expect("socket address")
 }
@@ -743,6 +753,44 @@ fn plain_connection() {
         }
         drop(c);
         server.join().expect("server thread").expect("server");
+    });
+}
+
+/// The plain connection over IPv6: the same fields from IPv6 headers (and, in the file, IPv6 header bytes).
+#[test]
+fn plain_connection_over_ipv6() {
+    const PORT: u16 = 46006;
+    scenario("plain_connection_over_ipv6", 242, PORT, |pair| {
+        let (a6, b6) = (ipv6_of(&pair.a_addr), ipv6_of(&pair.b_addr));
+        pair.a
+            .ip(&["-6", "addr", "add", &format!("{a6}/64"), "dev", &pair.a_if, "nodad"])
+            .expect("a's IPv6");
+        pair.b
+            .ip(&["-6", "addr", "add", &format!("{b6}/64"), "dev", &pair.b_if, "nodad"])
+            .expect("b's IPv6");
+        let server: SocketAddr = format!("[{b6}]:{PORT}").parse().expect("address");
+        let listener = pair
+            .b
+            .enter(move || TcpListener::bind(server))
+            .expect("b")
+            .expect("listener");
+        let served = thread::spawn(move || -> std::io::Result<()> {
+            let (mut c, _) = listener.accept()?;
+            c.set_read_timeout(Some(WAIT))?;
+            read_n(&mut c, 100)?;
+            c.write_all(&[b'r'; 3000])?;
+            read_to_end(&mut c).map(drop)
+        });
+        let mut c = pair
+            .a
+            .enter(move || TcpStream::connect(server))
+            .expect("a")
+            .expect("connect");
+        c.set_read_timeout(Some(WAIT)).expect("read timeout");
+        c.write_all(&[b'q'; 100]).expect("request");
+        read_n(&mut c, 3000).expect("reply");
+        drop(c);
+        served.join().expect("server thread").expect("server");
     });
 }
 
