@@ -13,7 +13,7 @@ use std::{
 
 use observer_common::{
     ArpRecord, TcpRecord,
-    record::{DIR_EGRESS, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    record::{DIR_EGRESS, Snap, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     sock::SockRecord,
 };
 use serde::Serialize;
@@ -23,6 +23,9 @@ use crate::{
     render::{tcp_dst, tcp_src},
     sockets::{Socket, TcpState, canonical, listener_for, process::Owner, tcpext::TcpExt},
 };
+
+/// A captured packet's header bytes, passed through unchanged (present in `--write` mode only).
+pub type Bytes = Option<Box<Snap>>;
 
 /// Default time an item waits for its consequences before it is printed, in nanoseconds.
 pub const DEFAULT_HOLD_NS: u64 = 100_000_000;
@@ -100,10 +103,10 @@ pub struct KernelNote {
 /// What the linker is fed, in ring-buffer order.
 #[derive(Clone, Debug)]
 pub enum Input {
-    /// A captured TCP segment.
-    Segment(TcpRecord),
-    /// A captured ARP packet.
-    Arp(ArpRecord),
+    /// A captured TCP segment, with its header bytes in `--write` mode.
+    Segment(TcpRecord, Bytes),
+    /// A captured ARP packet, with its bytes in `--write` mode.
+    Arp(ArpRecord, Bytes),
     /// A socket changed state.
     State(StateChange),
     /// Another kernel event.
@@ -253,10 +256,10 @@ impl SocketLink {
 /// What the linker hands back, in order, once an item's hold has passed.
 #[derive(Clone, Debug)]
 pub enum Output {
-    /// A segment with its socket side (None when no socket is known).
-    Segment(TcpRecord, Option<SocketLink>),
-    /// An ARP packet, unchanged.
-    Arp(ArpRecord),
+    /// A segment with its socket side (None when no socket is known) and its header bytes.
+    Segment(TcpRecord, Option<SocketLink>, Bytes),
+    /// An ARP packet, unchanged, with its bytes.
+    Arp(ArpRecord, Bytes),
     /// A state change no captured segment explains (another interface, a timer, the application).
     State(StateChange, Option<Owner>),
     /// Another kernel event.
@@ -444,18 +447,18 @@ impl<K: Kernel> Linker<K> {
         let id = self.next_id;
         self.next_id += 1;
         let ts = match &input {
-            Input::Segment(r) => r.header.ts_ns,
-            Input::Arp(r) => r.header.ts_ns,
+            Input::Segment(r, _) => r.header.ts_ns,
+            Input::Arp(r, _) => r.header.ts_ns,
             Input::State(s) => s.ts_ns,
             Input::Note(n) => n.ts_ns,
             Input::Destroyed(_) => self.queue.back().map_or(0, |e| e.ts),
         };
         match &input {
-            Input::Segment(r) if is_synack(r) && r.header.direction == DIR_EGRESS => {
+            Input::Segment(r, _) if is_synack(r) && r.header.direction == DIR_EGRESS => {
                 self.synacks.entry(Tuple::of_segment(r)).or_default().push(ts);
             }
             Input::State(s) => self.states.entry(s.tuple).or_default().push((id, ts)),
-            Input::Segment(r)
+            Input::Segment(r, _)
                 if r.header.direction != DIR_EGRESS
                     && r.flags & (TCP_SYN | TCP_RST) != 0
                     && r.flags & (TCP_ACK | TCP_RST) == 0 =>
@@ -468,7 +471,7 @@ impl<K: Kernel> Linker<K> {
                     self.seen_views.insert(id, view);
                 }
             }
-            Input::Segment(r)
+            Input::Segment(r, _)
                 if r.header.direction != DIR_EGRESS
                     && r.flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK
                     && !self.conns.contains_key(&Tuple::of_segment(r)) =>
@@ -519,7 +522,7 @@ impl<K: Kernel> Linker<K> {
 
     fn resolve(&mut self, entry: Entry) -> Option<Output> {
         match entry.input {
-            Input::Segment(rec) => {
+            Input::Segment(rec, bytes) => {
                 let tuple = Tuple::of_segment(&rec);
                 if is_synack(&rec)
                     && rec.header.direction == DIR_EGRESS
@@ -532,9 +535,9 @@ impl<K: Kernel> Linker<K> {
                 }
                 let link = self.link_segment(entry.id, entry.ts, &rec, tuple);
                 self.seen_views.remove(&entry.id);
-                Some(Output::Segment(rec, link))
+                Some(Output::Segment(rec, link, bytes))
             }
-            Input::Arp(rec) => Some(Output::Arp(rec)),
+            Input::Arp(rec, bytes) => Some(Output::Arp(rec, bytes)),
             Input::State(mut change) => {
                 if let Some(v) = self.states.get_mut(&change.tuple) {
                     v.retain(|(id, _)| *id != entry.id);
@@ -579,7 +582,7 @@ impl<K: Kernel> Linker<K> {
             .iter()
             .take_while(|e| e.ts <= limit)
             .find_map(|e| match &e.input {
-                Input::Segment(r) if r.header.direction == DIR_EGRESS => {
+                Input::Segment(r, _) if r.header.direction == DIR_EGRESS => {
                     let t = Tuple::of_segment(r);
                     let hit = t == change.tuple
                         || (unbound
@@ -783,7 +786,7 @@ impl<K: Kernel> Linker<K> {
                 break;
             }
             match &e.input {
-                Input::Segment(r) if r.header.direction != DIR_EGRESS && Tuple::of_segment(r) == tuple => break,
+                Input::Segment(r, _) if r.header.direction != DIR_EGRESS && Tuple::of_segment(r) == tuple => break,
                 Input::State(s) if s.tuple == tuple && !e.claimed && caused_by_ingress(s.old, s.new, flags) => {
                     e.claimed = true;
                     out.push((s.old, s.new));
@@ -990,7 +993,7 @@ mod tests {
         r.sport = src.port();
         r.dport = dst.port();
         r.flags = flags;
-        Input::Segment(r)
+        Input::Segment(r, None)
     }
 
     fn server_tuple() -> Tuple {
@@ -1009,10 +1012,10 @@ mod tests {
     fn links(out: &[Output]) -> Vec<String> {
         out.iter()
             .map(|o| match o {
-                Output::Segment(_, l) => l.as_ref().map(SocketLink::text).unwrap_or_default(),
+                Output::Segment(_, l, _) => l.as_ref().map(SocketLink::text).unwrap_or_default(),
                 Output::State(s, _) => format!("state {}→{}", s.old.name(), s.new.name()),
                 Output::Note(n) => n.what.clone(),
-                Output::Arp(_) => "arp".into(),
+                Output::Arp(..) => "arp".into(),
             })
             .collect()
     }
@@ -1054,7 +1057,8 @@ mod tests {
                 Some(SocketLink {
                     fate: Some(Fate::Accepted),
                     ..
-                })
+                }),
+                _
             )
         ));
     }

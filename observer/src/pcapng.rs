@@ -9,7 +9,7 @@
 
 use std::{
     borrow::Cow,
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     fs::File,
     io::{self, BufWriter, Write},
     path::{Path, PathBuf},
@@ -17,7 +17,7 @@ use std::{
 };
 
 use observer_common::record::{
-    DIR_EGRESS, DIR_INGRESS, HDR_VLAN_8021AD, HDR_VLAN_OFFLOADED, RecordHeader, SNAP_LEN, Snap, TPID_8021AD, TPID_8021Q,
+    DIR_EGRESS, DIR_INGRESS, HDR_VLAN_8021AD, HDR_VLAN_OFFLOADED, RecordHeader, SNAP_LEN, TPID_8021AD, TPID_8021Q,
 };
 use pcap_file::{
     DataLink, Endianness, PcapError,
@@ -247,48 +247,6 @@ pub fn frame_bytes<'a>(header: &RecordHeader, bytes: &'a [u8]) -> Cow<'a, [u8]> 
     Cow::Owned(out)
 }
 
-/// Which record a held [`Snap`] belongs to: the header fields no two records of one hook share.
-type RecordKey = (u64, u32, u8, u8, u8);
-
-fn key_of(h: &RecordHeader) -> RecordKey {
-    (h.ts_ns, h.ifindex, h.hook, h.direction, h.kind)
-}
-
-/// Header bytes of records between the ring buffer and the output: the linker holds records a while and hands
-/// them back without the bytes, which wait here until their record is written.
-#[derive(Debug, Default)]
-pub struct HeldBytes {
-    held: HashMap<RecordKey, VecDeque<Snap>>,
-}
-
-impl HeldBytes {
-    /// Keeps the bytes of the record with header `h`.
-    pub fn hold(&mut self, h: &RecordHeader, snap: Snap) {
-        self.held.entry(key_of(h)).or_default().push_back(snap);
-    }
-
-    /// Takes the bytes of the record with header `h` (the oldest, should two records share a header).
-    pub fn take(&mut self, h: &RecordHeader) -> Option<Snap> {
-        let key = key_of(h);
-        let queue = self.held.get_mut(&key)?;
-        let snap = queue.pop_front();
-        if queue.is_empty() {
-            self.held.remove(&key);
-        }
-        snap
-    }
-
-    /// Records waiting.
-    pub fn len(&self) -> usize {
-        self.held.values().map(VecDeque::len).sum()
-    }
-
-    /// Whether no record waits.
-    pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,24 +362,5 @@ mod tests {
             .expect("no such directory");
         assert_eq!(err.to_string(), "cannot create /nonexistent-observer-dir/out.pcapng");
         assert!(matches!(err, PcapngError::Create { .. }));
-    }
-
-    #[test]
-    fn held_bytes_go_back_to_their_record() {
-        let (a, b) = (header(1, DIR_INGRESS, 60), header(2, DIR_EGRESS, 60));
-        let snap = |n: u16| Snap {
-            len: n,
-            ..Snap::default()
-        };
-        let mut held = HeldBytes::default();
-        held.hold(&a, snap(1));
-        held.hold(&b, snap(2));
-        held.hold(&a, snap(3));
-        assert_eq!(held.len(), 3);
-        assert_eq!(held.take(&b).map(|s| s.len), Some(2));
-        assert_eq!(held.take(&a).map(|s| s.len), Some(1));
-        assert_eq!(held.take(&a).map(|s| s.len), Some(3));
-        assert_eq!(held.take(&a), None);
-        assert!(held.is_empty());
     }
 }

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use observer_common::Counter;
+use observer_common::{Counter, record::Snap};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -22,7 +22,7 @@ use crate::{
     kevents::{self, ReasonNames},
     link::{DEFAULT_HOLD_NS, Input, Linker, Output},
     neigh::{NeighError, NeighMsg, NeighSource, NeighTable},
-    pcapng::{HeldBytes, Packet, PcapngError, PcapngWriter},
+    pcapng::{Packet, PcapngError, PcapngWriter},
     preflight,
     render::{Clock, Renderer},
     sockets::{Socket, TcpState, live::LiveKernel},
@@ -99,7 +99,6 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         stats: HostStats::default(),
         limit: args.count,
         pcap,
-        held: HeldBytes::default(),
         pcap_error: None,
     };
     eprintln!(
@@ -282,8 +281,6 @@ struct Printer<W: Write> {
     stats: HostStats,
     limit: Option<u64>,
     pcap: Option<PcapngWriter>,
-    /// Header bytes of the records the linker holds.
-    held: HeldBytes,
     /// The write error that stopped the agent.
     pcap_error: Option<PcapngError>,
 }
@@ -296,20 +293,18 @@ impl<W: Write> Printer<W> {
     /// Writes a wire record (with its header bytes) to the pcapng file, commented with the line's annotations
     /// and socket side, unless it is a loopback copy of the frame before; a write error stops the agent.
     fn write_packet(&mut self, output: &Output) {
-        let header = match output {
-            Output::Segment(rec, _) => &rec.header,
-            Output::Arp(rec) => &rec.header,
+        let (header, snap) = match output {
+            Output::Segment(rec, _, snap) => (&rec.header, snap),
+            Output::Arp(rec, snap) => (&rec.header, snap),
             Output::State(..) | Output::Note(_) => return,
         };
-        let snap = self.held.take(header).unwrap_or_default();
         let (Some(writer), Some(written)) = (self.pcap.as_mut(), self.renderer.take_written()) else {
             return;
         };
-        let comment = written.comment;
         let packet = Packet {
             header,
-            bytes: snap.bytes(),
-            comment: comment.as_deref(),
+            bytes: snap.as_deref().map_or(&[], Snap::bytes),
+            comment: written.comment.as_deref(),
         };
         if let Err(e) = writer.write(&packet) {
             self.pcap_error = Some(e);
@@ -331,8 +326,8 @@ impl<W: Write> Printer<W> {
             return false;
         }
         let (line, wire) = match &output {
-            Output::Segment(rec, link) => (self.renderer.segment(rec, link.as_ref()), true),
-            Output::Arp(rec) => (self.renderer.arp(rec), true),
+            Output::Segment(rec, link, _) => (self.renderer.segment(rec, link.as_ref()), true),
+            Output::Arp(rec, _) => (self.renderer.arp(rec), true),
             Output::State(change, owner) => (self.renderer.state(change, owner.as_ref()), false),
             Output::Note(note) => (self.renderer.note(note), false),
         };
@@ -402,12 +397,9 @@ fn drain(
                 continue;
             }
         };
-        if let (Some(h), Some(snap)) = (event.header(), event.snap()) {
-            p.held.hold(h, *snap);
-        }
         let input = match event {
-            Event::Tcp(rec, _) => Input::Segment(rec),
-            Event::Arp(rec, _) => Input::Arp(rec),
+            Event::Tcp(rec, snap) => Input::Segment(rec, snap.map(Box::new)),
+            Event::Arp(rec, snap) => Input::Arp(rec, snap.map(Box::new)),
             Event::Sock(rec) => {
                 let name =
                     |event: u8, reason: u32| reasons.map_or_else(|| reason.to_string(), |r| r.name(event, reason));
@@ -421,8 +413,8 @@ fn drain(
             Some(l) => l.push(input),
             None => {
                 let output = match input {
-                    Input::Segment(rec) => Output::Segment(rec, None),
-                    Input::Arp(rec) => Output::Arp(rec),
+                    Input::Segment(rec, bytes) => Output::Segment(rec, None, bytes),
+                    Input::Arp(rec, bytes) => Output::Arp(rec, bytes),
                     _ => continue,
                 };
                 p.emit(output);
