@@ -41,15 +41,6 @@ impl Event {
             Event::Sock(_) => None,
         }
     }
-
-    /// `bpf_ktime_get_boot_ns()` when the program ran, for every kind of record.
-    pub fn ts_ns(&self) -> u64 {
-        match self {
-            Event::Tcp(r, _) => r.header.ts_ns,
-            Event::Arp(r, _) => r.header.ts_ns,
-            Event::Sock(r) => r.ts_ns,
-        }
-    }
 }
 
 /// Why a ring-buffer entry could not be decoded.
@@ -137,7 +128,6 @@ mod tests {
         rec.seq = 0xdead_beef;
         let bytes = bytes_of(&rec);
         assert_eq!(decode(&bytes), Ok(Event::Tcp(rec, None)));
-        assert_eq!(decode(&bytes).unwrap().ts_ns(), 42);
         assert_eq!(decode(&bytes).unwrap().header().map(|h| h.ts_ns), Some(42));
     }
 
@@ -155,7 +145,7 @@ mod tests {
         let bytes = bytes_of(&rec);
         let event = decode(&bytes).unwrap();
         assert_eq!(event, Event::Sock(rec));
-        assert_eq!((event.ts_ns(), event.header()), (7, None));
+        assert_eq!(event.header(), None);
         assert!(matches!(
             decode(&bytes[..64]),
             Err(DecodeError::WrongLength { kind: KIND_SOCK, .. })

@@ -971,6 +971,18 @@ mod tests {
         }
     }
 
+    /// A kernel with one listener, on 0.0.0.0:80 with backlog 4.
+    fn listening_on_80() -> Script {
+        Script {
+            listeners: vec![sock(
+                "0.0.0.0:80".parse().unwrap(),
+                "0.0.0.0:0".parse().unwrap(),
+                TcpState::Listen,
+            )],
+            ..Script::default()
+        }
+    }
+
     const SERVER: &str = "10.0.0.1:80";
     const CLIENT: &str = "10.0.0.2:4000";
 
@@ -1022,14 +1034,7 @@ mod tests {
 
     #[test]
     fn a_passive_open_links_the_syn_to_the_listener_and_the_ack_to_the_new_child() {
-        let mut k = Script {
-            listeners: vec![sock(
-                "0.0.0.0:80".parse().unwrap(),
-                "0.0.0.0:0".parse().unwrap(),
-                TcpState::Listen,
-            )],
-            ..Script::default()
-        };
+        let mut k = listening_on_80();
         k.syn_recv = vec![sock(
             SERVER.parse().unwrap(),
             CLIENT.parse().unwrap(),
@@ -1065,14 +1070,7 @@ mod tests {
 
     #[test]
     fn an_unanswered_syn_takes_one_unit_of_the_counter_that_rose() {
-        let mut k = Script {
-            listeners: vec![sock(
-                "0.0.0.0:80".parse().unwrap(),
-                "0.0.0.0:0".parse().unwrap(),
-                TcpState::Listen,
-            )],
-            ..Script::default()
-        };
+        let mut k = listening_on_80();
         let mut l = Linker::new(&mut k, &[], DEFAULT_HOLD_NS);
         l.kernel.tcpext.all.insert("ListenOverflows".into(), 1);
         l.kernel.tcpext.all.insert("ListenDrops".into(), 1);

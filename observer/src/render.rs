@@ -781,7 +781,9 @@ pub struct Renderer {
     arp: ArpTracker,
     /// Wire records rendered so far (TCP and ARP): the last frame number given.
     frames: u64,
-    /// The last wire record rendered, when it is a frame of its own (not a loopback copy): its pcapng comment.
+    /// Whether wire records go to a pcapng file too (only then are their comments built).
+    pcapng: bool,
+    /// The last wire record rendered, when it goes to the pcapng file (not a loopback copy): its comment.
     written: Option<Written>,
     /// On a loopback interface, the analyses of segments seen going out, waiting for their copy coming in.
     twins: Option<VecDeque<(TwinKey, TcpAnalysis)>>,
@@ -800,6 +802,7 @@ impl Renderer {
             flows: FlowTable::default(),
             arp: ArpTracker::default(),
             frames: 0,
+            pcapng: false,
             written: None,
             twins: None,
         }
@@ -809,6 +812,12 @@ impl Renderer {
     /// its analysis (tcpdump and tshark see it once); only its socket side is its own.
     pub fn with_loopback(mut self, loopback: bool) -> Self {
         self.twins = loopback.then(VecDeque::new);
+        self
+    }
+
+    /// Keeps each wire record's pcapng comment for [`Renderer::take_written`].
+    pub fn with_pcapng(mut self, pcapng: bool) -> Self {
+        self.pcapng = pcapng;
         self
     }
 
@@ -884,7 +893,7 @@ impl Renderer {
         let mut notes = tcp_annotations(&a);
         notes.extend(wait.map(|w| w.annotation()));
         let side = link.map(SocketLink::text).filter(|t| !t.is_empty());
-        self.written = (!copy).then(|| Written {
+        self.written = (self.pcapng && !copy).then(|| Written {
             comment: packet_comment(&notes, side.as_deref()),
         });
         let mut out = if self.json {
@@ -939,7 +948,7 @@ impl Renderer {
         let iface = self.iface_of(rec.header.ifindex);
         let frame = self.next_frame();
         let a = self.arp.observe(rec, frame);
-        self.written = Some(Written {
+        self.written = self.pcapng.then(|| Written {
             comment: packet_comment(&arp_annotations(&a), None),
         });
         if !self.json {
@@ -1577,7 +1586,10 @@ mod tests {
         let ack = seg(c, s, ACK, 1001, 5001, 64, 0);
         let both = |r: TcpRecord| [framed(r, 74, DIR_EGRESS), framed(r, 74, DIR_INGRESS)];
         let packets: Vec<TcpRecord> = [syn, synack, ack].into_iter().flat_map(both).collect();
-        let mut lo = Renderer::new("lo", 0, true).with_clock(clock()).with_loopback(true);
+        let mut lo = Renderer::new("lo", 0, true)
+            .with_clock(clock())
+            .with_loopback(true)
+            .with_pcapng(true);
         let mut objects = Vec::new();
         let mut written = 0;
         for p in &packets {
@@ -1616,7 +1628,7 @@ mod tests {
         };
         let mut comments = Vec::new();
         for json in [false, true] {
-            let mut r = Renderer::new("eth0", 0, json).with_clock(clock());
+            let mut r = Renderer::new("eth0", 0, json).with_clock(clock()).with_pcapng(true);
             let lines = [r.segment(&syn, None), r.segment(&ack, Some(&link))];
             let taken = r.take_written().and_then(|w| w.comment);
             let _ = r.segment(&syn, None);

@@ -41,6 +41,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         None => preflight::default_route_interface()?,
     };
     preflight::check_interface(&iface)?;
+    let ifindex = preflight::ifindex(&iface);
     let mut config = args.config()?;
     config.snap = u8::from(args.write.is_some());
     let clock = Clock::new().unwrap_or(Clock::utc_with_offset(0));
@@ -48,7 +49,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let pcap = match &args.write {
         Some(path) => {
             let mut w = PcapngWriter::create(path, clock)?;
-            w.name_interface(preflight::ifindex(&iface), &iface);
+            w.name_interface(ifindex, &iface);
             Some(w)
         }
         None => None,
@@ -66,10 +67,11 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     };
     capture.attach(&iface, hook)?;
     let flows = FlowTable::new(args.max_flows).with_idle_ns(args.flow_idle_secs.saturating_mul(1_000_000_000));
-    let mut renderer = Renderer::new(&iface, preflight::ifindex(&iface), args.json)
+    let mut renderer = Renderer::new(&iface, ifindex, args.json)
         .with_clock(clock)
         .with_flows(flows)
-        .with_loopback(preflight::is_loopback(&iface));
+        .with_loopback(preflight::is_loopback(&iface))
+        .with_pcapng(pcap.is_some());
     let (mut linker, reasons) = if args.no_sockets {
         (None, None)
     } else {
@@ -91,7 +93,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut neigh = open_neigh(preflight::ifindex(&iface));
+    let mut neigh = open_neigh(ifindex);
 
     let mut printer = Printer {
         renderer,

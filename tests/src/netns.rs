@@ -160,4 +160,12 @@ impl Pair {
             b_addr,
         })
     }
+
+    /// Adds IPv6 addresses (/64, no duplicate address detection, so they work at once) to both ends.
+    pub fn add_ipv6(&self, a6: &str, b6: &str) -> anyhow::Result<()> {
+        for (ns, iface, addr) in [(&self.a, &self.a_if, a6), (&self.b, &self.b_if, b6)] {
+            ns.ip(&["-6", "addr", "add", &format!("{addr}/64"), "dev", iface, "nodad"])?;
+        }
+        Ok(())
+    }
 }

@@ -755,12 +755,7 @@ fn plain_connection_over_ipv6() {
     const PORT: u16 = 46006;
     scenario("plain_connection_over_ipv6", 242, PORT, |pair| {
         let (a6, b6) = (ipv6_of(&pair.a_addr), ipv6_of(&pair.b_addr));
-        pair.a
-            .ip(&["-6", "addr", "add", &format!("{a6}/64"), "dev", &pair.a_if, "nodad"])
-            .expect("a's IPv6");
-        pair.b
-            .ip(&["-6", "addr", "add", &format!("{b6}/64"), "dev", &pair.b_if, "nodad"])
-            .expect("b's IPv6");
+        pair.add_ipv6(&a6, &b6).expect("IPv6 addresses");
         let server: SocketAddr = format!("[{b6}]:{PORT}").parse().expect("address");
         let listener = pair
             .b

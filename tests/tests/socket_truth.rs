@@ -287,20 +287,11 @@ fn accept_queue_overflow_is_labelled_one_for_one_with_listen_overflows() {
     compare_agrees(&pair.b);
 
     let finished = agent_stop(agent);
-    let labelled = finished
-        .stdout
-        .iter()
-        .filter(|l| l.contains("DROPPED: accept queue full (ListenOverflows"))
-        .count();
-    assert_eq!(
-        labelled as u64,
+    assert_labelled(
+        &finished,
+        "DROPPED: accept queue full (ListenOverflows",
         overflows,
-        "lines labelled accept-queue-full vs ListenOverflows increase; linked lines:\n{}",
-        linked(&finished).join("\n")
-    );
-    assert!(
-        labelled >= 45,
-        "15 clients x 3 SYNs should all be dropped, saw {labelled}"
+        (45, "15 clients x 3 SYNs should all be dropped"),
     );
     let accepted = linked(&finished)
         .iter()
@@ -311,6 +302,18 @@ fn accept_queue_overflow_is_labelled_one_for_one_with_listen_overflows() {
 }
 
 /// Stops the agent; with OBSERVER_TEST_SHOW set, prints what it wrote (to see real output).
+/// The lines carrying `label` are exactly as many as the counter rose (`rose`), and at least `at_least.0`.
+fn assert_labelled(finished: &Finished, label: &str, rose: u64, at_least: (usize, &str)) {
+    let labelled = finished.stdout.iter().filter(|l| l.contains(label)).count();
+    assert_eq!(
+        labelled as u64,
+        rose,
+        "lines labelled {label:?} vs the counter's increase; linked lines:\n{}",
+        linked(finished).join("\n")
+    );
+    assert!(labelled >= at_least.0, "{}, saw {labelled}", at_least.1);
+}
+
 fn agent_stop(mut agent: Agent) -> Finished {
     let f = agent.stop(libc::SIGTERM).expect("stopping the agent");
     if std::env::var_os("OBSERVER_TEST_SHOW").is_some() {
@@ -552,20 +555,11 @@ fn syn_queue_overflow_is_labelled_one_for_one_with_reqq_full_drops() {
     let after = tcpext(&pair.b);
     let drops = after["TCPReqQFullDrop"] - before["TCPReqQFullDrop"];
     let finished = agent_stop(agent);
-    let labelled = finished
-        .stdout
-        .iter()
-        .filter(|l| l.contains("DROPPED: SYN queue full (TCPReqQFullDrop"))
-        .count();
-    assert_eq!(
-        labelled as u64,
+    assert_labelled(
+        &finished,
+        "DROPPED: SYN queue full (TCPReqQFullDrop",
         drops,
-        "linked lines:\n{}",
-        linked(&finished).join("\n")
-    );
-    assert!(
-        labelled >= 15,
-        "5 clients x 3 SYNs should all be dropped, saw {labelled}"
+        (15, "5 clients x 3 SYNs should all be dropped"),
     );
     drop(half_open);
 }

@@ -160,12 +160,7 @@ fn scenario(tag: &str, subnet: u8) -> Scenario {
     let b4 = pair.b_addr.clone();
     let a6 = format!("fd00:1234:5678:9abc:def0:1234:5678:{:x}", 0xa00 + u32::from(subnet));
     let b6 = format!("fd00:1234:5678:9abc:def0:1234:5678:{:x}", 0xb00 + u32::from(subnet));
-    pair.a
-        .ip(&["-6", "addr", "add", &format!("{a6}/64"), "dev", &pair.a_if, "nodad"])
-        .expect("a's IPv6");
-    pair.b
-        .ip(&["-6", "addr", "add", &format!("{b6}/64"), "dev", &pair.b_if, "nodad"])
-        .expect("b's IPv6");
+    pair.add_ipv6(&a6, &b6).expect("IPv6 addresses");
     // The client drops its final ACKs to 8081 and 8085 (half-open request socks stay at the server) and the
     // data the server sends from 8083 (which stays unacknowledged).
     for port in [8081, 8085] {

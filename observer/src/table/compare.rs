@@ -116,6 +116,19 @@ pub struct Line {
 }
 
 impl Line {
+    /// A tool's row as it printed it: `[local, remote, state]` and `(recv_q, send_q)`.
+    fn printed(v6: bool, [local, remote, state]: [&String; 3], (recv_q, send_q): (u64, u64)) -> Line {
+        Line {
+            v6,
+            local: local.clone(),
+            remote: remote.clone(),
+            state: state.clone(),
+            recv_q,
+            send_q,
+            cut: false,
+        }
+    }
+
     fn key(&self) -> (bool, &str, &str) {
         (self.v6, &self.local, &self.remote)
     }
@@ -164,30 +177,14 @@ pub fn ours(table: &Table, tool: Tool) -> Vec<Line> {
 /// netstat's rows as [`Line`]s.
 pub fn netstat_lines(rows: &[netstat::Row]) -> Vec<Line> {
     rows.iter()
-        .map(|r| Line {
-            v6: r.v6,
-            local: r.local.clone(),
-            remote: r.remote.clone(),
-            state: r.state.clone(),
-            recv_q: r.recv_q,
-            send_q: r.send_q,
-            cut: false,
-        })
+        .map(|r| Line::printed(r.v6, [&r.local, &r.remote, &r.state], (r.recv_q, r.send_q)))
         .collect()
 }
 
 /// ss's rows as [`Line`]s.
 pub fn ss_lines(rows: &[ss::Row]) -> Vec<Line> {
     rows.iter()
-        .map(|r| Line {
-            v6: r.is_v6(),
-            local: r.local.clone(),
-            remote: r.remote.clone(),
-            state: r.state.clone(),
-            recv_q: r.recv_q,
-            send_q: r.send_q,
-            cut: false,
-        })
+        .map(|r| Line::printed(r.is_v6(), [&r.local, &r.remote, &r.state], (r.recv_q, r.send_q)))
         .collect()
 }
 

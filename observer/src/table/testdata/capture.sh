@@ -9,70 +9,15 @@
 #   ntop.txt                      IPv6 addresses (32 hex digits) and glibc's inet_ntop of each, through Python
 # The scenario holds still: listeners (one with a full accept queue, v6only and dual-stack wildcards, an
 # IPv4-mapped and a long IPv6 address), half-open request socks, ESTABLISHED with unread and unacknowledged
-# bytes, FIN_WAIT2/CLOSE_WAIT, TIME_WAIT on long IPv6 addresses, SYN_SENT. Traffic stays on the namespace's
-# loopback.
+# bytes, FIN_WAIT2/CLOSE_WAIT, TIME_WAIT on long IPv6 addresses, SYN_SENT.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 observer=${OBSERVER:-$here/../../../../target/debug/observer}
-ns=obs-tablecap-$$
-work=$(mktemp -d)
-cleanup() {
-    [[ -n ${scenario:-} ]] && kill "$scenario" 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+source "$here/../../testdata/scenario.sh"
 
-ip netns add "$ns"
-ip -n "$ns" link set lo up
-ip -n "$ns" -6 addr add fd00:1234:5678:9abc:def0:1234:5678:9abc/64 dev lo nodad
-ip netns exec "$ns" nft -f - <<'NFT'
-table inet capture {
-    chain out {
-        type filter hook output priority 0;
-        # The client's final ACK (and every later pure ACK) to 8081: the listener keeps half-open request socks.
-        tcp dport 8081 tcp flags & (syn | ack | fin | rst) == ack drop
-        # Data to 8083 never arrives: the sender keeps Send-Q.
-        tcp dport 8083 tcp flags & psh == psh drop
-        # SYNs to 8099 vanish: SYN_SENT.
-        tcp dport 8099 drop
-    }
-}
-NFT
-
-ip netns exec "$ns" python3 - >"$work/scenario.out" 2>&1 <<'PY' &
-import socket, time
-from socket import AF_INET, AF_INET6, SOCK_STREAM, SOL_SOCKET, SO_REUSEADDR, SHUT_WR
-keep = []
+scenario_namespace tablecap fd00:1234:5678:9abc:def0:1234:5678:9abc
+start_scenario <<'PY'
 LONG = "fd00:1234:5678:9abc:def0:1234:5678:9abc"
-
-def listener(fam, addr, port, backlog, v6only=None):
-    s = socket.socket(fam, SOCK_STREAM)
-    s.setsockopt(SOL_SOCKET, SO_REUSEADDR, 1)
-    if v6only is not None:
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
-    s.bind((addr, port))
-    s.listen(backlog)
-    keep.append(s)
-    return s
-
-def client(fam, dst, port, src=None, block=True):
-    c = socket.socket(fam, SOCK_STREAM)
-    if src:
-        c.bind((src, 0))
-    if block:
-        c.connect((dst, port))
-    else:
-        c.setblocking(False)
-        c.connect_ex((dst, port))
-    keep.append(c)
-    return c
-
-def accept(l):
-    a, _ = l.accept()
-    keep.append(a)
-    return a
-
 # An sshd-like pair: IPv4 wildcard and a v6only IPv6 wildcard on one port; a dual-stack wildcard elsewhere.
 listener(AF_INET, "0.0.0.0", 22, 128)
 listener(AF_INET6, "::", 22, 128, v6only=1)
@@ -113,12 +58,7 @@ accept(l5)
 c.shutdown(SHUT_WR)
 # SYN_SENT.
 client(AF_INET, "127.0.0.1", 8099, block=False)
-print("ready", flush=True)
-time.sleep(600)
 PY
-scenario=$!
-for _ in $(seq 100); do grep -q ready "$work/scenario.out" && break; sleep 0.1; done
-grep -q ready "$work/scenario.out" || { cat "$work/scenario.out"; exit 1; }
 sleep 2
 
 for _ in $(seq 5); do
@@ -137,8 +77,6 @@ mkdir "$work/net"
 cp "$here/proc_tcp.txt" "$work/net/tcp"
 cp "$here/proc_tcp6.txt" "$work/net/tcp6"
 for f in udp udp6 raw raw6 unix; do : >"$work/net/$f"; done
-# netstat reads /proc/net/..., which is /proc/<own pid>/net: cover that directory with the fixtures.
-on_fixtures() { unshare -m sh -c 'mount --make-rprivate / && mount --bind "$0" /proc/$$/net && exec "$@"' "$work/net" "$@"; }
 on_fixtures env LC_ALL=C netstat -ant >"$here/netstat_ant.txt"
 on_fixtures env LC_ALL=C netstat -antW >"$here/netstat_antW.txt"
 on_fixtures env LC_ALL=C netstat -antoe >"$here/netstat_antoe.txt"
