@@ -73,6 +73,18 @@ fn connect(ns: &Netns, target: SocketAddr, timeout: Duration) -> thread::JoinHan
         .expect("entering the client namespace")
 }
 
+/// `n` connections from `ns` to `target`, one after the other, each established.
+fn connected(ns: &Netns, target: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            connect(ns, target, WAIT)
+                .join()
+                .expect("client thread")
+                .expect("connect")
+        })
+        .collect()
+}
+
 /// TcpExt counters of `ns`, read from the kernel's own /proc/net/netstat inside it.
 fn tcpext(ns: &Netns) -> std::collections::BTreeMap<String, u64> {
     let text = netns::run(ns.command("cat").arg("/proc/net/netstat")).expect("reading /proc/net/netstat");
@@ -206,14 +218,7 @@ fn accept_queue_overflow_is_labelled_one_for_one_with_listen_overflows() {
     let before = tcpext(&pair.b);
 
     // Fill the accept queue: with backlog 4 the kernel queues 5 (it drops only when the count exceeds the limit).
-    let first: Vec<TcpStream> = (0..5)
-        .map(|_| {
-            connect(&pair.a, target, WAIT)
-                .join()
-                .expect("client thread")
-                .expect("connect")
-        })
-        .collect();
+    let first: Vec<TcpStream> = connected(&pair.a, target, 5);
     assert!(
         until(|| ss_listener(&pair.b, &local).0 == 5),
         "accept queue never reached 5"
@@ -335,14 +340,7 @@ fn syn_queue_count_equals_the_syn_recv_rows() {
     // The client's final ACKs never leave: every connection stays half-open on the server.
     pair.a.drop_final_acks(port).expect("nft rule");
     let agent = Agent::start(&pair.b, &["watch", "-i", &pair.b_if, "--port", &port.to_string()]).expect("agent");
-    let clients: Vec<TcpStream> = (0..6)
-        .map(|_| {
-            connect(&pair.a, target, WAIT)
-                .join()
-                .expect("client thread")
-                .expect("connect")
-        })
-        .collect();
+    let clients: Vec<TcpStream> = connected(&pair.a, target, 6);
     let syn_recv = || {
         netstat(&pair.b)
             .iter()
@@ -532,14 +530,7 @@ fn syn_queue_overflow_is_labelled_one_for_one_with_reqq_full_drops() {
     let agent = Agent::start(&pair.b, &["watch", "-i", &pair.b_if, "--port", &port.to_string()]).expect("agent");
     let before = tcpext(&pair.b);
     // Five request socks fill a queue whose limit is the backlog (the kernel drops when the count exceeds 4).
-    let half_open: Vec<TcpStream> = (0..5)
-        .map(|_| {
-            connect(&pair.a, target, WAIT)
-                .join()
-                .expect("client thread")
-                .expect("connect")
-        })
-        .collect();
+    let half_open: Vec<TcpStream> = connected(&pair.a, target, 5);
     let late: Vec<_> = (0..5)
         .map(|_| connect(&pair.a, target, Duration::from_millis(3500)))
         .collect();
