@@ -33,6 +33,32 @@ const TOOLS: &[(&str, &str)] = &[
     ("socat", "socat"),
     ("nft", "nftables"),
     ("hping3", "hping3"),
+    ("ping", "iputils-ping"),
+    // The kernel matrix (`cargo xtask test --kernel`): qemu boots Debian kernels from a busybox initramfs.
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("cpio", "cpio"),
+    ("depmod", "kmod"),
+    ("modprobe", "kmod"),
+];
+
+/// Commands the tests and benches run that a fresh machine already has, with their Debian package (each
+/// package is checked against `../shared/fresh-machine-apt.txt` by a test).
+#[cfg(test)]
+const FRESH: &[(&str, &str)] = &[
+    ("apt-get", "apt"),
+    ("bash", "bash"),
+    ("cat", "coreutils"),
+    ("debconf-set-selections", "debconf"),
+    ("dpkg-deb", "dpkg"),
+    ("mount", "mount"),
+    ("nstat", "iproute2"),
+    ("setpriv", "util-linux"),
+    ("sh", "dash"),
+    ("sysctl", "procps"),
+    ("tc", "iproute2"),
+    ("timeout", "coreutils"),
+    ("rustup", "(rustup, not a Debian package)"),
 ];
 
 /// Directories searched for the tools besides `$PATH` (a non-root `$PATH` often lacks them).
@@ -335,6 +361,89 @@ fn debian_tools(outcome: &mut Outcome) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The program names the sources start: `Command::new("x")`, `.command("x")` (a namespace's), `tool(.., "x")`.
+    fn programs_started(dir: &Path, found: &mut Vec<(String, PathBuf)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n != "target") {
+                    programs_started(&path, found);
+                }
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+            if path.ends_with("xtask/src/setup.rs") {
+                // This test's own patterns are not commands.
+                text.truncate(text.find("mod tests {").unwrap_or(text.len()));
+            }
+            for opener in ["Command::new(\"", ".command(\""] {
+                for (at, _) in text.match_indices(opener) {
+                    let name: String = text[at + opener.len()..].chars().take_while(|&c| c != '"').collect();
+                    found.push((name, path.clone()));
+                }
+            }
+            // `require::tool(test, "x")`: the last argument.
+            for (at, _) in text.match_indices("require::tool(") {
+                let call = text[at..].split(')').next().unwrap_or_default();
+                let name = call.rsplit(',').next().unwrap_or_default().trim();
+                // A name from a variable (`tool(name, t)` over a list) is found through the list's literals.
+                if let Some(name) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+                    found.push((name.to_owned(), path.clone()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_command_the_tests_run_is_on_a_fresh_machine_or_installed_by_setup() {
+        let root = cmd::workspace_root();
+        let mut found = Vec::new();
+        for dir in ["tests", "xtask", "observer"] {
+            programs_started(&root.join(dir), &mut found);
+        }
+        assert!(
+            found.iter().any(|(p, _)| p == "tshark"),
+            "the scan found no commands: {found:?}"
+        );
+        let known = |p: &str| TOOLS.iter().chain(FRESH).any(|(c, _)| *c == p);
+        let unknown: Vec<String> = found
+            .iter()
+            .filter(|(p, _)| !known(p))
+            .map(|(p, f)| format!("`{p}` in {}", f.display()))
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "commands neither on a fresh machine (FRESH) nor installed by setup (TOOLS): {}",
+            unknown.join(", ")
+        );
+        let fresh_list = root.join("../shared/fresh-machine-apt.txt");
+        let Ok(text) = std::fs::read_to_string(&fresh_list) else {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(
+                !ci,
+                "{} is missing; CI=true, so this is a failure",
+                fresh_list.display()
+            );
+            eprintln!("skipped the package check: {} is missing", fresh_list.display());
+            return;
+        };
+        let fresh: Vec<&str> = text.lines().map(str::trim).collect();
+        let absent: Vec<String> = FRESH
+            .iter()
+            .filter(|(c, pkg)| *c != "rustup" && !fresh.contains(pkg))
+            .map(|(c, pkg)| format!("{c} ({pkg})"))
+            .collect();
+        assert!(
+            absent.is_empty(),
+            "FRESH names packages a fresh machine lacks: {}",
+            absent.join(", ")
+        );
+    }
 
     const WANT: LinkerRelease = LinkerRelease {
         llvm_major: 22,
