@@ -50,3 +50,18 @@ pub unsafe fn copy_from<const N: usize>(src: *const u8, dst: &mut [u8; N]) {
         i += 1;
     }
 }
+
+/// `len` when it lies in `1..=max`, in a form that every supported verifier can follow to a helper call.
+///
+/// Verifier: before Linux 6.8 the not-taken side of `len == 0` (what `len < 1` compiles to) teaches the
+/// verifier nothing, so a helper given `len` after `if len == 0 || len > max` could still get 0 as far as
+/// 6.1 knew ("invalid access to map value ... size=0"). Testing an opaque `len - 1` against `max` and adding 1
+/// back gives a register in `1..=max`.
+#[inline(always)]
+pub fn nonzero_len(len: usize, max: usize) -> Option<usize> {
+    let below = core::hint::black_box(len.wrapping_sub(1));
+    if below >= max {
+        return None;
+    }
+    Some(below + 1)
+}

@@ -6,8 +6,9 @@
 //!
 //! Verifier notes: every load has a constant size (headers are loaded in pieces, never more than 28 bytes, to
 //! keep the stack small) except the TCP options, whose length is checked against
-//! [`MAX_OPTIONS_LEN`] right before the load; the option walk is bounded by `i < opt_len` with `i` strictly
-//! increasing, and reads the option buffer only through [`opt8`], whose mask proves each read in bounds.
+//! [`MAX_OPTIONS_LEN`] right before the load; the option walk is a counted loop over a cursor kept in memory
+//! (see [`parse_options`]), and reads the option buffer only through [`opt8`], whose mask proves each read in
+//! bounds.
 
 use crate::{
     counter::Counter,
@@ -21,17 +22,50 @@ use crate::{
 
 /// Longest TCP option space (data offset 15).
 pub const MAX_OPTIONS_LEN: usize = 40;
-/// Size of the buffer the options are loaded into: a power of two above [`MAX_OPTIONS_LEN`].
-pub const OPTION_BUF_LEN: usize = 64;
-/// The buffer TCP options are loaded into. Only the bytes just loaded are ever read, so a buffer reused from
-/// an earlier frame needs no clearing.
+/// Mask that keeps the option walk's cursor below 64, above any cursor a valid walk reaches ([`MAX_OPTIONS_LEN`]).
+const CURSOR_MASK: usize = 63;
+/// Size of the buffer the options are loaded into: a power of two that holds any masked cursor plus the
+/// longest read behind it (a timestamp's 10 bytes).
+pub const OPTION_BUF_LEN: usize = 128;
+/// The buffer TCP options are loaded into, and the option walk's cursor. Only the bytes just loaded are ever
+/// read, so a buffer reused from an earlier frame needs no clearing.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OptionBuf(pub [u8; OPTION_BUF_LEN]);
+pub struct OptionBuf {
+    /// The option bytes.
+    pub bytes: [u8; OPTION_BUF_LEN],
+    /// Offset of the option being read (see [`parse_options`]).
+    cursor: usize,
+}
 
 impl Default for OptionBuf {
     fn default() -> Self {
-        OptionBuf([0; OPTION_BUF_LEN])
+        OptionBuf {
+            bytes: [0; OPTION_BUF_LEN],
+            cursor: 0,
+        }
+    }
+}
+
+impl OptionBuf {
+    /// The walk's cursor.
+    ///
+    /// Verifier: read through a volatile load, so that in the kernel (where the buffer lives in map memory) the
+    /// verifier sees the same value range, 0..=63 from the mask, in every pass. Kept in a register, its exact
+    /// range differed in every pass, no two walk states were alike, and Linux 6.12 gave up ("The sequence of
+    /// 8193 jumps is too complex"). The mask, not the `i < opt_len` test, bounds the reads behind it: verifiers
+    /// before 6.8 learn nothing from comparing two unknown registers. A valid walk never passes
+    /// [`MAX_OPTIONS_LEN`], so the mask changes no value.
+    #[inline(always)]
+    fn cursor(&self) -> usize {
+        // SAFETY: a valid reference.
+        unsafe { core::ptr::read_volatile(&self.cursor) & CURSOR_MASK }
+    }
+
+    #[inline(always)]
+    fn set_cursor(&mut self, at: usize) {
+        // SAFETY: a valid, exclusive reference.
+        unsafe { core::ptr::write_volatile(&mut self.cursor, at) }
     }
 }
 
@@ -108,7 +142,7 @@ impl Frame for [u8] {
         if len > MAX_OPTIONS_LEN {
             return None;
         }
-        let dst = buf.0.get_mut(..len)?;
+        let dst = buf.bytes.get_mut(..len)?;
         dst.copy_from_slice(self.get(offset..offset.checked_add(len)?)?);
         Some(())
     }
@@ -180,11 +214,11 @@ fn be32(b: &[u8], i: usize) -> u32 {
 
 /// One byte of the option buffer.
 ///
-/// Verifier: the mask keeps every read inside the 64-byte buffer by construction. A bounds check on the index
+/// Verifier: the mask keeps every read inside the buffer by construction. A bounds check on the index
 /// is not enough, because LLVM may check one register and read through another derived before the check.
 #[inline(always)]
 fn opt8(buf: &OptionBuf, i: usize) -> u8 {
-    buf.0[i & (OPTION_BUF_LEN - 1)]
+    buf.bytes[i & (OPTION_BUF_LEN - 1)]
 }
 
 /// A big-endian u32 of the option buffer, read byte by byte through [`opt8`].
@@ -402,16 +436,24 @@ pub fn parse_tcp<F: Frame + ?Sized>(
 
 /// Walks the TCP options in `buf[..opt_len]`, filling the option fields of `rec`.
 #[inline(always)]
-pub fn parse_options(buf: &OptionBuf, opt_len: usize, rec: &mut TcpRecord) -> Result<(), Counter> {
-    let mut i = 0usize;
-    // Verifier: bounded by opt_len (<= 40) with i strictly increasing; a counted loop of 40 was too costly.
-    while i < opt_len {
+pub fn parse_options(buf: &mut OptionBuf, opt_len: usize, rec: &mut TcpRecord) -> Result<(), Counter> {
+    buf.set_cursor(0);
+    // Verifier: a counted loop (each pass consumes at least one byte, so MAX_OPTIONS_LEN passes read them all)
+    // whose cursor the verifier cannot see (see `OptionBuf::cursor`): the passes differ only in their count,
+    // so its walk grows linearly with the passes on every kernel.
+    let mut pass = 0;
+    while pass < MAX_OPTIONS_LEN {
+        pass += 1;
+        let i = buf.cursor();
+        if i >= opt_len {
+            break;
+        }
         let kind = opt8(buf, i);
         if kind == OPTKIND_EOL {
             break;
         }
         if kind == OPTKIND_NOP {
-            i += 1;
+            buf.set_cursor(i + 1);
             continue;
         }
         if i + 1 >= opt_len {
@@ -478,7 +520,7 @@ pub fn parse_options(buf: &OptionBuf, opt_len: usize, rec: &mut TcpRecord) -> Re
             rec.option_kinds[n] = kind;
             rec.option_count += 1;
         }
-        i += len;
+        buf.set_cursor(i + len);
     }
     Ok(())
 }
@@ -506,9 +548,9 @@ pub fn copy_headers<F: Frame + ?Sized>(f: &F, end: usize, snap: &mut Snap) -> bo
     crate::mem::clear(snap);
     let len = if end > SNAP_LEN { SNAP_LEN } else { end };
     // Verifier: the load helpers take a length register that must be provably in 1..=SNAP_LEN.
-    if len == 0 || len > SNAP_LEN {
+    let Some(len) = crate::mem::nonzero_len(len, SNAP_LEN) else {
         return false;
-    }
+    };
     if f.load_prefix(snap, len).is_none() {
         return false;
     }

@@ -12,7 +12,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use observer_common::{
-    mem::copy_from,
+    mem::{copy_from, nonzero_len},
     parse::{Frame, MAX_OPTIONS_LEN, OptionBuf},
     record::{SNAP_LEN, Snap},
 };
@@ -134,18 +134,14 @@ impl<C: Context> Frame for Packet<'_, C> {
     #[inline(always)]
     fn load_options(&self, offset: usize, buf: &mut OptionBuf, len: usize) -> Option<()> {
         // Verifier: the helper's length register must be provably in 1..=MAX_OPTIONS_LEN.
-        if len == 0 || len > MAX_OPTIONS_LEN {
-            return None;
-        }
-        self.0.helper_load(offset, buf.0.as_mut_ptr(), len).then_some(())
+        let len = nonzero_len(len, MAX_OPTIONS_LEN)?;
+        self.0.helper_load(offset, buf.bytes.as_mut_ptr(), len).then_some(())
     }
 
     #[inline(always)]
     fn load_prefix(&self, snap: &mut Snap, len: usize) -> Option<()> {
         // Verifier: the helper's length register must be provably in 1..=SNAP_LEN.
-        if len == 0 || len > SNAP_LEN {
-            return None;
-        }
+        let len = nonzero_len(len, SNAP_LEN)?;
         self.0.helper_load(0, snap.bytes.as_mut_ptr(), len).then_some(())
     }
 
