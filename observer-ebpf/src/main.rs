@@ -191,6 +191,13 @@ pub fn sock_retransmit_skb(ctx: BtfTracePointContext) -> i32 {
     sock_done(&ctx, Counter::SockSeenRetransmitSkb, on_sock(ctx.arg(0), extra))
 }
 
+/// `tcp_retransmit_skb(sk, skb)`, as kernels before the `err` argument have it.
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn sock_retransmit_skb_2args(ctx: BtfTracePointContext) -> i32 {
+    let result = on_sock(ctx.arg(0), Extra::event(SOCK_EV_RETRANSMIT_SKB));
+    sock_done(&ctx, Counter::SockSeenRetransmitSkb, result)
+}
+
 /// `tcp_send_reset(sk, skb, reason)`: a RST went out; `sk` and `skb` may each be NULL.
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn sock_send_reset(ctx: BtfTracePointContext) -> i32 {
@@ -199,6 +206,17 @@ pub fn sock_send_reset(ctx: BtfTracePointContext) -> i32 {
         reason: Some(reason),
         ..Extra::event(SOCK_EV_SEND_RESET)
     };
+    sock_done(
+        &ctx,
+        Counter::SockSeenSendReset,
+        on_reset(ctx.arg(0), ctx.arg(1), extra),
+    )
+}
+
+/// `tcp_send_reset(sk, skb)`, as kernels before the `reason` argument have it.
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn sock_send_reset_2args(ctx: BtfTracePointContext) -> i32 {
+    let extra = Extra::event(SOCK_EV_SEND_RESET);
     sock_done(
         &ctx,
         Counter::SockSeenSendReset,
@@ -239,6 +257,18 @@ pub fn sock_drop(ctx: BtfTracePointContext) -> i32 {
         ..Extra::event(SOCK_EV_DROP)
     };
     sock_done(&ctx, Counter::SockSeenDrop, on_skb(ctx.arg(0), ctx.arg(3), extra))
+}
+
+/// `kfree_skb(skb, location, reason)`, as kernels before the `rx_sk` argument have it.
+#[btf_tracepoint(function = "kfree_skb")]
+pub fn sock_drop_3args(ctx: BtfTracePointContext) -> i32 {
+    let reason: u32 = ctx.arg(2);
+    let extra = Extra {
+        reason: Some(reason),
+        ..Extra::event(SOCK_EV_DROP)
+    };
+    let result = on_skb(ctx.arg(0), core::ptr::null(), extra);
+    sock_done(&ctx, Counter::SockSeenDrop, result)
 }
 
 /// The context of an `iter/tcp` program (`struct bpf_iter__tcp`).

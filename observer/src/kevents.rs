@@ -42,6 +42,19 @@ pub struct SockProgram {
     pub args: usize,
     /// Whether socket events cannot work without it.
     pub required: bool,
+    /// The program for kernels whose tracepoint has fewer arguments, and how many it reads.
+    pub older: Option<(&'static str, usize)>,
+}
+
+impl SockProgram {
+    /// The program that fits a tracepoint with `have` arguments, or why none does.
+    pub fn fitting(&self, have: usize) -> Result<&'static str, String> {
+        match self.older {
+            _ if have >= self.args => Ok(self.program),
+            Some((older, args)) if have >= args => Ok(older),
+            _ => Err(format!("has {have} arguments, the program reads {}", self.args)),
+        }
+    }
 }
 
 /// Every socket program, the required state-change one first.
@@ -51,48 +64,56 @@ pub const PROGRAMS: [SockProgram; 8] = [
         tracepoint: "inet_sock_set_state",
         args: 3,
         required: true,
+        older: None,
     },
     SockProgram {
         program: "sock_retransmit_synack",
         tracepoint: "tcp_retransmit_synack",
         args: 2,
         required: false,
+        older: None,
     },
     SockProgram {
         program: "sock_retransmit_skb",
         tracepoint: "tcp_retransmit_skb",
         args: 3,
         required: false,
+        older: Some(("sock_retransmit_skb_2args", 2)),
     },
     SockProgram {
         program: "sock_send_reset",
         tracepoint: "tcp_send_reset",
         args: 3,
         required: false,
+        older: Some(("sock_send_reset_2args", 2)),
     },
     SockProgram {
         program: "sock_receive_reset",
         tracepoint: "tcp_receive_reset",
         args: 1,
         required: false,
+        older: None,
     },
     SockProgram {
         program: "sock_destroy",
         tracepoint: "tcp_destroy_sock",
         args: 1,
         required: false,
+        older: None,
     },
     SockProgram {
         program: "sock_rcvqueue_full",
         tracepoint: "sock_rcvqueue_full",
         args: 2,
         required: false,
+        older: None,
     },
     SockProgram {
         program: "sock_drop",
         tracepoint: "kfree_skb",
         args: 4,
         required: false,
+        older: Some(("sock_drop_3args", 3)),
     },
 ];
 
@@ -227,41 +248,39 @@ pub fn attach_socket_events(capture: &mut Capture, netns_ino: u32) -> Result<Soc
         reasons: ReasonNames::from_btf(&kernel),
     };
     for p in PROGRAMS {
-        let why = match kernel.tracepoint_args(p.tracepoint) {
-            None => Some("not in this kernel's BTF".to_string()),
-            Some(n) if n < p.args => Some(format!("has {n} arguments, the program reads {}", p.args)),
-            Some(_) => None,
+        let fitting = match kernel.tracepoint_args(p.tracepoint) {
+            None => Err("not in this kernel's BTF".to_string()),
+            Some(n) => p.fitting(n),
         };
-        if let Some(why) = why {
-            if p.required {
-                return Err(SockSetupError::Tracepoint {
-                    tracepoint: p.tracepoint,
-                    why,
+        let name = match fitting {
+            Ok(name) => name,
+            Err(why) => {
+                if p.required {
+                    return Err(SockSetupError::Tracepoint {
+                        tracepoint: p.tracepoint,
+                        why,
+                    }
+                    .into());
                 }
-                .into());
+                debug!("socket events: skipping {} ({}): {why}", p.program, p.tracepoint);
+                events.skipped.push((p.program, why));
+                continue;
             }
-            debug!("socket events: skipping {} ({}): {why}", p.program, p.tracepoint);
-            events.skipped.push((p.program, why));
-            continue;
-        }
+        };
         let prog: &mut BtfTracePoint = capture
             .ebpf
-            .program_mut(p.program)
-            .ok_or(CaptureError::MissingProgram(p.program))?
+            .program_mut(name)
+            .ok_or(CaptureError::MissingProgram(name))?
             .try_into()
-            .map_err(|source| CaptureError::Program {
-                program: p.program,
-                source,
-            })?;
-        prog.load(p.tracepoint, &aya_btf)
-            .map_err(|e| verifier_error(p.program, e))?;
+            .map_err(|source| CaptureError::Program { program: name, source })?;
+        prog.load(p.tracepoint, &aya_btf).map_err(|e| verifier_error(name, e))?;
         prog.attach().map_err(|source| SockSetupError::Attach {
-            program: p.program,
+            program: name,
             tracepoint: p.tracepoint,
             source,
         })?;
-        capture.attached.push(p.program);
-        events.attached.push(p.program);
+        capture.attached.push(name);
+        events.attached.push(name);
     }
     Ok(events)
 }
@@ -578,6 +597,18 @@ mod tests {
         let e = btf_at("/nonexistent/vmlinux").map(|_| ()).unwrap_err();
         let text = CaptureError::from(e).to_string();
         assert!(text.contains("CONFIG_DEBUG_INFO_BTF") && !text.contains('\n'), "{text}");
+    }
+
+    #[test]
+    fn an_older_tracepoint_gets_the_older_program() {
+        let drop = PROGRAMS.iter().find(|p| p.tracepoint == "kfree_skb").unwrap();
+        assert_eq!(drop.fitting(4), Ok("sock_drop"));
+        assert_eq!(drop.fitting(3), Ok("sock_drop_3args"));
+        assert!(drop.fitting(2).unwrap_err().contains("has 2 arguments"));
+        assert_eq!(
+            PROGRAMS[0].fitting(2).unwrap_err(),
+            "has 2 arguments, the program reads 3"
+        );
     }
 
     #[test]

@@ -30,6 +30,18 @@ pub enum PreflightError {
         /// The interfaces that exist.
         available: Vec<String>,
     },
+    /// The kernel lacks a feature observer needs (the sentinel callers test for).
+    #[error("{feature} needs Linux {needs} or later and this kernel ({kernel}) lacks it{fix}")]
+    FeatureMissing {
+        /// What is missing.
+        feature: &'static str,
+        /// The first Linux release with it.
+        needs: &'static str,
+        /// This kernel's release.
+        kernel: String,
+        /// What to do instead, with its leading separator, or empty.
+        fix: &'static str,
+    },
     /// Reading a /proc or /sys file failed.
     #[error("reading {path} failed: {source}")]
     Read {
@@ -82,6 +94,54 @@ pub fn missing_capabilities(caps: u64) -> Result<(), PreflightError> {
             missing: missing.join(", "),
         })
     }
+}
+
+/// A kernel feature the capture needs, probed at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Feature {
+    /// BPF_MAP_TYPE_RINGBUF (Linux 5.8), where every record goes.
+    RingBuf,
+    /// bpf_xdp_load_bytes (Linux 5.18), through which XDP reads TCP options and the frame's headers.
+    XdpLoadBytes,
+}
+
+impl Feature {
+    fn missing(self) -> PreflightError {
+        let (feature, needs, fix) = match self {
+            Feature::RingBuf => ("the BPF ring buffer", "5.8", ""),
+            Feature::XdpLoadBytes => ("XDP's bpf_xdp_load_bytes", "5.18", "; use --hook tc"),
+        };
+        PreflightError::FeatureMissing {
+            feature,
+            needs,
+            kernel: kernel_release(),
+            fix,
+        }
+    }
+
+    /// Whether this kernel has the feature, asked of the kernel itself (a tiny program or map), not of its version.
+    fn probe(self) -> bool {
+        use aya::{maps::MapType, programs::ProgramType, sys};
+        match self {
+            Feature::RingBuf => sys::is_map_supported(MapType::RingBuf).unwrap_or(false),
+            Feature::XdpLoadBytes => {
+                sys::is_helper_supported(ProgramType::Xdp, sys::BpfHelper::BPF_FUNC_xdp_load_bytes).unwrap_or(false)
+            }
+        }
+    }
+}
+
+/// Fails with the feature, the release that brought it and this kernel's when one of `features` is missing.
+pub fn check_features(features: &[Feature]) -> Result<(), PreflightError> {
+    match features.iter().find(|f| !f.probe()) {
+        Some(f) => Err(f.missing()),
+        None => Ok(()),
+    }
+}
+
+/// This kernel's release (`uname -r`).
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "unknown".into(), |r| r.trim().to_owned())
 }
 
 /// Names of the network interfaces in this namespace, sorted.
@@ -169,6 +229,20 @@ mod tests {
         let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003     wlan0\n";
         assert_eq!(default_route_from("", v6).as_deref(), Some("wlan0"));
         assert_eq!(default_route_from("Iface\n", ""), None);
+    }
+
+    #[test]
+    fn a_missing_feature_names_itself_the_release_and_the_fix() {
+        let e = Feature::XdpLoadBytes.missing().to_string();
+        assert!(
+            e.starts_with("XDP's bpf_xdp_load_bytes needs Linux 5.18 or later and this kernel ("),
+            "{e}"
+        );
+        assert!(
+            e.ends_with(") lacks it; use --hook tc") && e.contains(&kernel_release()),
+            "{e}"
+        );
+        assert!(Feature::RingBuf.missing().to_string().ends_with("lacks it"));
     }
 
     #[test]

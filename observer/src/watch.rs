@@ -36,6 +36,11 @@ const ARP_TICK: Duration = Duration::from_millis(100);
 /// Runs `observer watch` until interrupted (or `--count` events), then prints the counters to stderr.
 pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     preflight::check_privileges()?;
+    let features: &[preflight::Feature] = match args.hook {
+        HookKind::Tc => &[preflight::Feature::RingBuf],
+        HookKind::Xdp => &[preflight::Feature::RingBuf, preflight::Feature::XdpLoadBytes],
+    };
+    preflight::check_features(features)?;
     let iface = match &args.iface {
         Some(name) => name.clone(),
         None => preflight::default_route_interface()?,

@@ -73,7 +73,7 @@ pub fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
 /// script's child, say) cannot hang the test.
 pub fn drain(rx: &mpsc::Receiver<String>) -> Vec<String> {
     let mut out = Vec::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+    while let Ok(line) = rx.recv_timeout(crate::patient(Duration::from_secs(30))) {
         out.push(line);
     }
     out
@@ -95,7 +95,7 @@ impl Agent {
             stderr_seen: Vec::new(),
         };
         loop {
-            match agent.stderr.recv_timeout(Duration::from_secs(30)) {
+            match agent.stderr.recv_timeout(crate::patient(Duration::from_secs(30))) {
                 Ok(line) => {
                     let ready = line.starts_with(READY);
                     agent.stderr_seen.push(line);

@@ -35,6 +35,21 @@ pub fn kernel(test: &str, major: u32, minor: u32, what: &str) -> bool {
         || unavailable(test, &format!("needs Linux {major}.{minor} or later for {what}"))
 }
 
+/// Whether the kernel is at least `major.minor`, as `what` needs; when not, says in one line that the feature is
+/// not supported on this kernel (the test then checks the documented fallback instead). Never a failure: the
+/// kernel matrix runs kernels that lack some features on purpose.
+pub fn kernel_supports(test: &str, major: u32, minor: u32, what: &str) -> bool {
+    let supported = kernel_version().is_some_and(|v| v >= (major, minor));
+    if !supported {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        eprintln!(
+            "{test}: {what} not supported on {} (needs {major}.{minor}); testing the fallback",
+            release.trim()
+        );
+    }
+    supported
+}
+
 fn unavailable(test: &str, why: &str) -> bool {
     assert!(!in_ci(), "{test}: {why}; CI=true, so this is a failure, not a skip");
     eprintln!("skipped {test}: {why}");

@@ -12,9 +12,6 @@ use anyhow::{Context as _, bail};
 
 use crate::{agent, netns::Netns};
 
-/// How long tshark may take to start capturing, and to print a packet it has captured.
-const WAIT: Duration = Duration::from_secs(20);
-
 /// TCP preferences every comparison uses: relative sequence numbers and analysis on, desegmentation off (so
 /// each Info is one segment's own and no `[TCP segment of a reassembled PDU]` is appended).
 pub const TCP_PREFS: [&str; 6] = [
@@ -153,7 +150,7 @@ impl Tshark {
         // "Capturing on ..." is printed before dumpcap even starts; "Capture started." once dumpcap has opened the
         // interface and reported its file, from when on every packet is captured.
         while !said.last().is_some_and(|l: &String| l.contains("Capture started")) {
-            match stderr.recv_timeout(WAIT) {
+            match stderr.recv_timeout(crate::wait()) {
                 Ok(line) => said.push(line),
                 Err(_) => {
                     let _ = child.kill();
@@ -184,7 +181,7 @@ impl Tshark {
     pub fn stop_after(mut self, count: usize) -> Vec<String> {
         let mut got = Vec::new();
         while got.len() < count {
-            match self.stdout.recv_timeout(WAIT) {
+            match self.stdout.recv_timeout(crate::wait()) {
                 Ok(line) => got.push(line),
                 Err(_) => break,
             }

@@ -35,8 +35,6 @@ use tests::{
     tshark::{self, Row, Tshark},
 };
 
-/// Generous bound for anything the tests wait on (never asserted as a duration).
-const WAIT: Duration = Duration::from_secs(20);
 /// Output silence after which a capture is taken as complete (when both sides also agree on the count).
 const QUIET: Duration = Duration::from_millis(400);
 
@@ -599,7 +597,7 @@ fn scenario(name: &str, subnet: u8, port: u16, traffic: impl FnOnce(&Pair)) -> O
 
     // Both captures are complete once neither prints more and they hold as many packets.
     let (mut ours_lines, mut theirs_lines) = (Vec::new(), Vec::new());
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + tests::wait();
     loop {
         let before = (ours_lines.len(), theirs_lines.len());
         agent.wait_for(|_| false, QUIET, &mut ours_lines);
@@ -731,7 +729,7 @@ fn plain_connection() {
         let listener = traffic::listen(&pair.b, addr(&pair.b_addr, PORT), None).expect("listener");
         let server = thread::spawn(move || -> std::io::Result<()> {
             let (mut c, _) = listener.accept()?;
-            c.set_read_timeout(Some(WAIT))?;
+            c.set_read_timeout(Some(tests::wait()))?;
             for _ in 0..5 {
                 read_n(&mut c, 100)?;
                 c.write_all(&[b'r'; 3000])?;
@@ -739,7 +737,7 @@ fn plain_connection() {
             read_to_end(&mut c).map(drop)
         });
         let mut c = traffic::connect(&pair.a, None, addr(&pair.b_addr, PORT)).expect("connect");
-        c.set_read_timeout(Some(WAIT)).expect("read timeout");
+        c.set_read_timeout(Some(tests::wait())).expect("read timeout");
         for _ in 0..5 {
             c.write_all(&[b'q'; 100]).expect("request");
             read_n(&mut c, 3000).expect("reply");
@@ -764,7 +762,7 @@ fn plain_connection_over_ipv6() {
             .expect("listener");
         let served = thread::spawn(move || -> std::io::Result<()> {
             let (mut c, _) = listener.accept()?;
-            c.set_read_timeout(Some(WAIT))?;
+            c.set_read_timeout(Some(tests::wait()))?;
             read_n(&mut c, 100)?;
             c.write_all(&[b'r'; 3000])?;
             read_to_end(&mut c).map(drop)
@@ -774,7 +772,7 @@ fn plain_connection_over_ipv6() {
             .enter(move || TcpStream::connect(server))
             .expect("a")
             .expect("connect");
-        c.set_read_timeout(Some(WAIT)).expect("read timeout");
+        c.set_read_timeout(Some(tests::wait())).expect("read timeout");
         c.write_all(&[b'q'; 100]).expect("request");
         read_n(&mut c, 3000).expect("reply");
         drop(c);
@@ -817,7 +815,7 @@ fn bulk_transfer_with_loss() {
         let listener = traffic::listen(&pair.b, addr(&pair.b_addr, PORT), None).expect("listener");
         let server = thread::spawn(move || -> std::io::Result<usize> {
             let (mut c, _) = listener.accept()?;
-            c.set_read_timeout(Some(WAIT))?;
+            c.set_read_timeout(Some(tests::wait()))?;
             let mut got = 0;
             while got < SIZE {
                 let mut chunk = [0u8; 65536];
@@ -831,7 +829,7 @@ fn bulk_transfer_with_loss() {
             Ok(got)
         });
         let mut c = traffic::connect(&pair.a, None, addr(&pair.b_addr, PORT)).expect("connect");
-        c.set_read_timeout(Some(WAIT)).expect("read timeout");
+        c.set_read_timeout(Some(tests::wait())).expect("read timeout");
         c.write_all(&vec![b'd'; SIZE]).expect("bulk write");
         read_n(&mut c, 4).expect("the server's answer");
         drop(c);
@@ -863,7 +861,7 @@ fn receiver_stops_reading() {
         let listener = traffic::listen(&pair.b, server_addr, Some(4096)).expect("listener");
         let server = thread::spawn(move || -> std::io::Result<usize> {
             let (mut c, _) = listener.accept()?;
-            c.set_read_timeout(Some(WAIT))?;
+            c.set_read_timeout(Some(tests::wait()))?;
             // Long enough for the window to close, the persist timer to probe (200 ms, then backing off) and the
             // one-byte probe below.
             thread::sleep(Duration::from_millis(2000));
@@ -901,14 +899,14 @@ fn keep_alives() {
         let listener = traffic::listen(&pair.b, addr(&pair.b_addr, PORT), None).expect("listener");
         let server = thread::spawn(move || -> std::io::Result<usize> {
             let (mut c, _) = listener.accept()?;
-            c.set_read_timeout(Some(WAIT))?;
+            c.set_read_timeout(Some(tests::wait()))?;
             read_n(&mut c, 10)?;
             c.write_all(b"hello")?;
             read_to_end(&mut c)
         });
         let mut c = traffic::connect(&pair.a, None, addr(&pair.b_addr, PORT)).expect("connect");
         traffic::keepalive(&c, 1, 1).expect("keep-alive options");
-        c.set_read_timeout(Some(WAIT)).expect("read timeout");
+        c.set_read_timeout(Some(tests::wait())).expect("read timeout");
         c.write_all(b"0123456789").expect("write");
         read_n(&mut c, 5).expect("read");
         // Idle: the first probe after 1 s, the next a second later.
@@ -933,7 +931,7 @@ fn port_reused() {
         let server = thread::spawn(move || -> std::io::Result<()> {
             for _ in 0..2 {
                 let (mut c, _) = listener.accept()?;
-                c.set_read_timeout(Some(WAIT))?;
+                c.set_read_timeout(Some(tests::wait()))?;
                 read_n(&mut c, 3)?;
                 c.write_all(b"ok")?;
                 // The first client resets, the second closes.
@@ -944,7 +942,7 @@ fn port_reused() {
         let local = addr(&pair.a_addr, CLIENT_PORT);
         for linger in [true, false] {
             let mut c = traffic::connect(&pair.a, Some(local), addr(&pair.b_addr, PORT)).expect("connect");
-            c.set_read_timeout(Some(WAIT)).expect("read timeout");
+            c.set_read_timeout(Some(tests::wait())).expect("read timeout");
             c.write_all(b"abc").expect("write");
             read_n(&mut c, 2).expect("read");
             if linger {

@@ -12,9 +12,6 @@ use tests::{
     tshark::{Tshark, field_args},
 };
 
-/// Generous bound for anything the tests wait on (never asserted as a duration).
-const WAIT: Duration = Duration::from_secs(20);
-
 /// One ARP line of the agent: Info (tshark's) and the annotations after it.
 #[derive(Clone, Debug)]
 struct ArpLine {
@@ -58,7 +55,7 @@ fn tshark_arp(ns: &Netns, iface: &str) -> Tshark {
 /// Stops the agent once a line satisfies `done` (bounded), with every line it printed.
 fn stop_after(mut agent: Agent, done: impl Fn(&str) -> bool) -> Finished {
     let mut seen = Vec::new();
-    agent.wait_for(done, WAIT, &mut seen);
+    agent.wait_for(done, tests::wait(), &mut seen);
     let mut f = agent.stop(libc::SIGINT).expect("stopping observer");
     seen.append(&mut f.stdout);
     f.stdout = seen;

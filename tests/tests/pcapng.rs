@@ -8,7 +8,6 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     thread,
-    time::Duration,
 };
 
 use tests::{
@@ -17,8 +16,6 @@ use tests::{
     require, traffic, tshark,
 };
 
-/// Generous bound for anything the test waits on (never asserted as a duration).
-const WAIT: Duration = Duration::from_secs(20);
 /// A port no tshark dissector claims, so each Info is TCP's own.
 const PORT: u16 = 47_001;
 const REQUEST: &[u8] = b"a request from a\n";
@@ -81,7 +78,7 @@ fn converse(pair: &Pair) {
     let listener = traffic::listen(&pair.b, server, None).expect("listening in b");
     let served = thread::spawn(move || -> std::io::Result<()> {
         let (mut conn, _) = listener.accept()?;
-        conn.set_read_timeout(Some(WAIT))?;
+        conn.set_read_timeout(Some(tests::wait()))?;
         let mut got = vec![0u8; REQUEST.len()];
         conn.read_exact(&mut got)?;
         conn.write_all(REPLY)?;
@@ -92,7 +89,7 @@ fn converse(pair: &Pair) {
     });
     pair.a.ip(&["neigh", "flush", "dev", &pair.a_if]).expect("neigh flush");
     let mut conn = traffic::connect(&pair.a, None, server).expect("connecting from a");
-    conn.set_read_timeout(Some(WAIT)).expect("read timeout");
+    conn.set_read_timeout(Some(tests::wait())).expect("read timeout");
     conn.write_all(REQUEST).expect("client write");
     let mut reply = vec![0u8; REPLY.len()];
     conn.read_exact(&mut reply).expect("client read");
@@ -125,7 +122,7 @@ fn tshark_reads_the_agents_packets_from_its_pcapng() {
     let mut seen = Vec::new();
     agent.wait_for(
         |l| parse(l).is_some_and(|e| e.dir == "out" && e.info.contains(&last_ack)),
-        WAIT,
+        tests::wait(),
         &mut seen,
     );
     // SIGTERM: the file must be complete after it too.
@@ -226,7 +223,7 @@ fn loopback_packets_are_one_frame_each() {
     drop(conn);
     drop(accepted);
     let mut seen = Vec::new();
-    agent.wait_for(|l| l.contains(r#""event":"teardown""#), WAIT, &mut seen);
+    agent.wait_for(|l| l.contains(r#""event":"teardown""#), tests::wait(), &mut seen);
     let mut f = agent.stop(libc::SIGINT).expect("stopping observer");
     seen.append(&mut f.stdout);
     let tcp: Vec<serde_json::Value> = seen

@@ -17,9 +17,6 @@ use tests::{
     require,
 };
 
-/// Generous bound for anything the tests wait on (never asserted as a duration).
-const WAIT: Duration = Duration::from_secs(20);
-
 /// A listener on `addr:port` in `ns` with this listen() backlog; it never accepts unless the caller does.
 fn listen(ns: &Netns, addr: &str, port: u16, backlog: i32) -> TcpListener {
     let bind: SocketAddr = format!("{addr}:{port}").parse().expect("address");
@@ -77,7 +74,7 @@ fn connect(ns: &Netns, target: SocketAddr, timeout: Duration) -> thread::JoinHan
 fn connected(ns: &Netns, target: SocketAddr, n: usize) -> Vec<TcpStream> {
     (0..n)
         .map(|_| {
-            connect(ns, target, WAIT)
+            connect(ns, target, tests::wait())
                 .join()
                 .expect("client thread")
                 .expect("connect")
@@ -185,7 +182,7 @@ fn compare_agrees(ns: &Netns) -> String {
 }
 
 fn until(mut pred: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + tests::wait();
     while Instant::now() < deadline {
         if pred() {
             return true;
@@ -404,7 +401,7 @@ fn teardown_shows_each_transition_next_to_the_fin_that_caused_it() {
         // The client closed first; this close sends the server's FIN from CLOSE_WAIT.
         thread::sleep(Duration::from_millis(200));
     });
-    let client = connect(&pair.a, target, WAIT)
+    let client = connect(&pair.a, target, tests::wait())
         .join()
         .expect("client thread")
         .expect("connect");
@@ -468,7 +465,7 @@ fn connections_older_than_the_agent_print_scaled_windows() {
     let port = 8083;
     let local = format!("{}:{port}", pair.b_addr);
     let listener = listen(&pair.b, &pair.b_addr, port, 16);
-    let mut client = connect(&pair.a, local.parse().expect("address"), WAIT)
+    let mut client = connect(&pair.a, local.parse().expect("address"), tests::wait())
         .join()
         .expect("client")
         .expect("connect");

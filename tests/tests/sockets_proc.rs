@@ -25,12 +25,9 @@ use tests::{
     require,
 };
 
-/// Generous bound for anything the tests wait on (never asserted as a duration).
-const WAIT: Duration = Duration::from_secs(20);
-
-/// Polls `f` until it gives a value; panics after [`WAIT`] naming `what`.
+/// Polls `f` until it gives a value; panics after [`tests::wait()`] naming `what`.
 fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + tests::wait();
     loop {
         if let Some(v) = f() {
             return v;

@@ -2,6 +2,7 @@
 mod cmd;
 mod setup;
 mod tasks;
+mod vm;
 
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -35,8 +36,14 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Set up, then run the workspace tests, clippy (-D warnings) and the rustfmt check.
-    Test,
+    /// Set up, then run the workspace tests, clippy (-D warnings) and the rustfmt check, then the kernel and
+    /// end-to-end suites on each kernel of the matrix in qemu.
+    Test {
+        /// Only this kernel: a Debian series (6.1, 6.1-cloud, 6.12) booted in qemu, or `running` for this
+        /// machine's kernel alone.
+        #[arg(long)]
+        kernel: Option<String>,
+    },
     /// Set up, then run the tests crate's bench binary (release).
     Bench {
         /// Arguments for the bench binary (after `--`).
@@ -50,7 +57,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::setup(),
         Task::Build { release } => tasks::build(release),
         Task::Run { args } => tasks::run(&args),
-        Task::Test => tasks::test(),
+        Task::Test { kernel } => tasks::test(kernel.as_deref()),
         Task::Bench { args } => tasks::bench(&args),
     };
     match result {

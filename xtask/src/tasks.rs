@@ -2,11 +2,13 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::cmd::{self, capture, cargo, run as run_cmd};
 use crate::setup::setup;
+use crate::vm;
 
 /// Builds observer, with the release profile when `release`.
 pub fn build(release: bool) -> Result<()> {
@@ -50,9 +52,120 @@ fn target_dir() -> Result<PathBuf> {
         .context("`cargo metadata` printed no target_directory")
 }
 
-/// Runs the workspace tests, clippy and the rustfmt check, all of them, and summarises which passed.
-pub fn test() -> Result<()> {
+/// The Debian kernels `cargo xtask test` runs the kernel and end-to-end suites on, besides the running one.
+const MATRIX: &[&str] = &["6.1", "6.1-cloud", "6.12"];
+/// How long one kernel's suites may run in qemu.
+const GUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Runs every test: `kernel` None is this machine's suites and then the matrix; `running`, this machine's
+/// alone; a series, that kernel's in qemu alone.
+pub fn test(kernel: Option<&str>) -> Result<()> {
     setup()?;
+    match kernel {
+        Some("running") => native_tests(),
+        Some(series) => {
+            let spec: vm::Spec = series.parse()?;
+            match guest_tests(&spec)? {
+                Some(true) => Ok(()),
+                Some(false) => bail!("test FAILED on kernel {spec}"),
+                None => bail!("kernel {spec}: qemu could not run it (see above)"),
+            }
+        }
+        None => {
+            let native = native_tests();
+            let mut failed = Vec::new();
+            for series in MATRIX {
+                let spec: vm::Spec = series.parse()?;
+                match guest_tests(&spec) {
+                    Ok(Some(true)) => {}
+                    Ok(Some(false)) => failed.push(spec.to_string()),
+                    Ok(None) => {}
+                    Err(e) => {
+                        eprintln!("test: kernel {spec}: {e:#}");
+                        failed.push(spec.to_string());
+                    }
+                }
+            }
+            native?;
+            if !failed.is_empty() {
+                bail!("test FAILED on kernels {}", failed.join(", "));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The kernel and end-to-end suites (the tests crate's test binaries) inside `spec` booted in qemu: `None`
+/// when the kernel cannot be fetched or booted here (said in one line), else whether every test passed.
+fn guest_tests(spec: &vm::Spec) -> Result<Option<bool>> {
+    let target = target_dir()?;
+    let kernel = match vm::fetch(spec, &target.join("kernels")) {
+        Ok(kernel) => kernel,
+        Err(e) => {
+            eprintln!("test: kernel {spec} not run: qemu cannot boot it here: {e:#}");
+            return Ok(None);
+        }
+    };
+    run_cmd(cargo().args(["build", "-p", "observer"]))?;
+    let binaries = test_binaries()?;
+    let root = cmd::workspace_root();
+    let mut script = format!(
+        "export CI=true RUST_BACKTRACE=0 OBSERVER_KERNEL_MATRIX={spec} OBSERVER_TEST_PATIENCE=6\ncd '{}'\nstatus=0\n",
+        root.join("tests").display()
+    );
+    for (name, path) in &binaries {
+        script += &format!(
+            "echo 'kernel {spec}: {name}'\ntimeout 900 '{}' || {{ echo 'kernel {spec}: {name} FAILED'; status=1; }}\n",
+            path.display()
+        );
+    }
+    script += "exit $status\n";
+    eprintln!(
+        "test: kernel {spec}: {} ({} suites) in qemu",
+        kernel.release,
+        binaries.len()
+    );
+    let started = std::time::Instant::now();
+    let work = target.join("kernels").join(format!("work-{}", kernel.package));
+    let outcome = vm::boot(&kernel, &work, &script, GUEST_TIMEOUT)?;
+    let verdict = if outcome.status == 0 { "passed" } else { "FAILED" };
+    println!(
+        "test: kernel {spec} ({}, {}): {verdict} in {:.0} s",
+        kernel.release,
+        outcome.accel,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(Some(outcome.status == 0))
+}
+
+/// The tests crate's test binaries (name, path), built.
+fn test_binaries() -> Result<Vec<(String, PathBuf)>> {
+    let out = capture(cargo().args(["test", "-p", "tests", "--no-run", "--message-format=json"]))?;
+    let mut binaries = Vec::new();
+    for line in out.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_test = message["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "test"));
+        if let (true, Some(path), Some(name)) = (
+            is_test,
+            message["executable"].as_str(),
+            message["target"]["name"].as_str(),
+        ) {
+            binaries.push((name.to_owned(), PathBuf::from(path)));
+        }
+    }
+    if binaries.is_empty() {
+        bail!("`cargo test -p tests --no-run` listed no test binaries");
+    }
+    binaries.sort();
+    Ok(binaries)
+}
+
+/// This machine's tests, clippy and the rustfmt check, all of them, summarising which passed.
+fn native_tests() -> Result<()> {
     // observer-ebpf only builds for bpfel-unknown-none: observer's build.rs builds it.
     let steps = [
         // The end-to-end tests run the real agent binary, which `cargo test` alone does not build.
