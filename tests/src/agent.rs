@@ -56,6 +56,22 @@ pub struct Finished {
     pub stderr: Vec<String>,
 }
 
+/// Waits for `child` to exit, killing it (SIGKILL) once `limit` has passed: a test never hangs on a process
+/// that ignores its signal.
+pub fn wait_bounded(child: &mut Child, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            return Ok(child.wait()?);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Reads `r` line by line on a thread; the lines arrive on the returned channel, which closes at end of file.
 pub fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
@@ -149,7 +165,7 @@ impl Agent {
     }
 
     fn finish(&mut self) -> anyhow::Result<Finished> {
-        let status = self.child.wait()?;
+        let status = wait_bounded(&mut self.child, crate::wait())?;
         let stdout = drain(&self.stdout);
         let mut stderr = std::mem::take(&mut self.stderr_seen);
         stderr.extend(drain(&self.stderr));

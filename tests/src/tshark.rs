@@ -194,7 +194,7 @@ impl Tshark {
     pub fn stop(&mut self) -> Vec<String> {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
+        let _ = agent::wait_bounded(&mut self.child, crate::wait());
         agent::drain(&self.stdout)
     }
 }

@@ -46,6 +46,9 @@ enum Task {
     },
     /// Set up, then run the tests crate's bench binary (release).
     Bench {
+        /// Run the packet bench inside this Debian kernel (6.1, 6.1-cloud, 6.12) booted in qemu instead.
+        #[arg(long)]
+        kernel: Option<String>,
         /// Arguments for the bench binary (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
@@ -58,7 +61,7 @@ fn main() -> ExitCode {
         Task::Build { release } => tasks::build(release),
         Task::Run { args } => tasks::run(&args),
         Task::Test { kernel } => tasks::test(kernel.as_deref()),
-        Task::Bench { args } => tasks::bench(&args),
+        Task::Bench { kernel, args } => tasks::bench(kernel.as_deref(), &args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
