@@ -46,11 +46,16 @@ const TOOLS: &[(&str, &str)] = &[
 /// package is checked against `../shared/fresh-machine-apt.txt` by a test).
 #[cfg(test)]
 const FRESH: &[(&str, &str)] = &[
+    ("apt-cache", "apt"),
     ("apt-get", "apt"),
     ("bash", "bash"),
     ("cat", "coreutils"),
     ("debconf-set-selections", "debconf"),
     ("dpkg-deb", "dpkg"),
+    ("find", "findutils"),
+    ("gzip", "gzip"),
+    ("xz", "xz-utils"),
+    ("zstd", "zstd"),
     ("mount", "mount"),
     ("nstat", "iproute2"),
     ("setpriv", "util-linux"),
