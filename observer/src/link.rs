@@ -364,6 +364,13 @@ struct Budget {
     cookies: u64,
 }
 
+/// Whether `s` is a child's LISTEN→SYN_RECV reported with its listener's addresses (see [`Linker::push`]).
+fn is_anonymous_clone(s: &StateChange) -> bool {
+    (s.old, s.new) == (TcpState::Listen, TcpState::SynRecv)
+        && s.tuple.remote.ip().is_unspecified()
+        && s.tuple.remote.port() == 0
+}
+
 /// The linker: holds items for [`Linker::hold_ns`], then returns them with their socket side.
 pub struct Linker<K: Kernel> {
     kernel: K,
@@ -386,6 +393,9 @@ pub struct Linker<K: Kernel> {
     seen_views: HashMap<u64, ListenerView>,
     last_tcpext: Option<TcpExt>,
     budget: Budget,
+    /// Children cloned from a listener whose LISTEN→SYN_RECV change came before their own addresses (see
+    /// [`Linker::push`]), oldest first.
+    clones: VecDeque<StateChange>,
     /// Dropped segments labelled per reason, for the exit report and tests.
     pub drops: HashMap<&'static str, u64>,
 }
@@ -423,6 +433,7 @@ impl<K: Kernel> Linker<K> {
             seen_views: HashMap::new(),
             last_tcpext,
             budget: Budget::default(),
+            clones: VecDeque::new(),
             drops: HashMap::new(),
         }
     }
@@ -443,7 +454,43 @@ impl<K: Kernel> Linker<K> {
     }
 
     /// Queues one item.
+    ///
+    /// Before Linux 6.12 (seen on 6.1) the kernel sets a new child's LISTEN→SYN_RECV state while the child still
+    /// holds its listener's addresses and cookie: such a change arrives with the listener's local address and no
+    /// remote one. The child's own SYN_RECV→ESTABLISHED follows in the same softirq, so the change is held back
+    /// and queued with the tuple of the next child of that listener.
     pub fn push(&mut self, input: Input) {
+        const MAX_CLONES: usize = 1024;
+        match input {
+            Input::State(s) if is_anonymous_clone(&s) => {
+                if self.clones.len() == MAX_CLONES {
+                    self.clones.pop_front();
+                }
+                self.clones.push_back(s);
+            }
+            Input::State(s) if (s.old, s.new) == (TcpState::SynRecv, TcpState::Established) => {
+                let of_listener = |c: &StateChange| {
+                    c.tuple.local.port() == s.tuple.local.port()
+                        && (c.tuple.local.ip().is_unspecified() || c.tuple.local.ip() == s.tuple.local.ip())
+                };
+                if let Some(clone) = self
+                    .clones
+                    .iter()
+                    .position(of_listener)
+                    .and_then(|i| self.clones.remove(i))
+                {
+                    self.queue_input(Input::State(StateChange {
+                        tuple: s.tuple,
+                        ..clone
+                    }));
+                }
+                self.queue_input(Input::State(s));
+            }
+            input => self.queue_input(input),
+        }
+    }
+
+    fn queue_input(&mut self, input: Input) {
         let id = self.next_id;
         self.next_id += 1;
         let ts = match &input {
@@ -1066,6 +1113,33 @@ mod tests {
                 _
             )
         ));
+    }
+
+    #[test]
+    fn a_child_cloned_before_its_addresses_were_set_gets_its_listen_to_syn_recv() {
+        let mut k = listening_on_80();
+        k.syn_recv = vec![sock(
+            SERVER.parse().unwrap(),
+            CLIENT.parse().unwrap(),
+            TcpState::SynRecv,
+        )];
+        let mut l = Linker::new(&mut k, &[], DEFAULT_HOLD_NS);
+        let listener = Tuple::new("0.0.0.0:80".parse().unwrap(), "0.0.0.0:0".parse().unwrap());
+        l.push(seg(0, true, false, TCP_SYN));
+        l.push(seg(1, false, true, TCP_SYN | TCP_ACK));
+        l.push(seg(2, true, false, TCP_ACK));
+        // As Linux 6.1 reports it: the clone with the listener's addresses, then the child's own change.
+        l.push(state(3, listener, TcpState::Listen, TcpState::SynRecv));
+        l.push(state(3, server_tuple(), TcpState::SynRecv, TcpState::Established));
+        let out = l.flush(1_000_000_000);
+        assert_eq!(
+            links(&out),
+            [
+                "LISTEN 0.0.0.0:80 synq 1 accept 0/4",
+                "SYN_RECV",
+                "LISTEN 0.0.0.0:80 synq 1 accept 0/4 LISTEN→SYN_RECV→ESTABLISHED",
+            ]
+        );
     }
 
     #[test]

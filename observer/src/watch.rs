@@ -108,6 +108,11 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         pcap,
         pcap_error: None,
     };
+    // Before the ready line: a signal that follows it must find the handlers (default SIGINT would leave
+    // clsact filters behind on kernels before TCX).
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     eprintln!(
         "observer: watching {iface} ({}){}{}; Ctrl-C to stop",
         capture.attached().join(", "),
@@ -119,8 +124,6 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         if linker.is_some() { ", linked to sockets" } else { "" }
     );
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut arp_tick = tokio::time::interval(ARP_TICK);
     let mut open = true;
@@ -154,7 +157,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
                 let lines = printer.renderer.arp_tick(boot_time_ns());
                 open = printer.emit_lines(lines);
             }
-            _ = tokio::signal::ctrl_c() => open = false,
+            _ = sigint.recv() => open = false,
             _ = sigterm.recv() => open = false,
             _ = sighup.recv() => open = false,
         }
