@@ -455,7 +455,7 @@ impl<K: Kernel> Linker<K> {
 
     /// Queues one item.
     ///
-    /// Before Linux 6.12 (seen on 6.1) the kernel sets a new child's LISTEN→SYN_RECV state while the child still
+    /// Older kernels (seen on 6.1 and 6.12, not on 6.18) set a new child's LISTEN→SYN_RECV state while the child still
     /// holds its listener's addresses and cookie: such a change arrives with the listener's local address and no
     /// remote one. The child's own SYN_RECV→ESTABLISHED follows in the same softirq, so the change is held back
     /// and queued with the tuple of the next child of that listener.
