@@ -146,6 +146,18 @@ pub fn ifindex(name: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// The name of interface `ifindex` in the agent's network namespace (`if_indextoname(3)`).
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: buf has the IF_NAMESIZE bytes the call may write.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0)?;
+    String::from_utf8(buf[..end].to_vec()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

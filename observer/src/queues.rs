@@ -288,7 +288,7 @@ async fn live(
         .map_err(|e| e.into_parts().1)
         .context("registering the ring buffer with tokio")?;
     let (mut listeners, _) = sources.refresh(&rows)?;
-    let mut tick = tokio::time::interval(Duration::from_millis(args.interval_ms.max(10)));
+    let mut tick = tokio::time::interval(Duration::from_millis(args.interval_ms));
     let mut printed = 0u64;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     loop {
