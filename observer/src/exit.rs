@@ -54,10 +54,10 @@ pub enum Fault {
         iface: String,
     },
     /// Polling the ring buffer failed.
-    #[error("the ring buffer failed: {0}")]
+    #[error("the ring buffer failed")]
     Ring(#[source] io::Error),
     /// Writing stdout failed.
-    #[error("writing to stdout failed: {0}")]
+    #[error("writing to stdout failed")]
     Output(#[source] io::Error),
 }
 
@@ -116,5 +116,43 @@ mod tests {
         };
         assert_eq!(status_of(&full.into()), Some(status::PCAPNG));
         assert_eq!(status_of(&anyhow::anyhow!("no such interface")), Some(status::ERROR));
+    }
+
+    #[test]
+    fn the_readme_lists_every_status() {
+        let readme = include_str!("../../README.md");
+        let all = [
+            status::OK,
+            status::ERROR,
+            status::USAGE,
+            status::INTERFACE_GONE,
+            status::INTERFACE_RENAMED,
+            status::DETACHED,
+            status::RING,
+            status::OUTPUT,
+            status::PCAPNG,
+        ];
+        for s in all {
+            assert!(
+                readme.lines().any(|l| l.starts_with(&format!("| {s} | "))),
+                "status {s}"
+            );
+        }
+        let faults = [
+            Fault::InterfaceGone { iface: "veth-a".into() }.to_string(),
+            Fault::InterfaceRenamed {
+                iface: "veth-a".into(),
+                now: "veth-z".into(),
+            }
+            .to_string(),
+            Fault::Detached {
+                program: "tc_ingress",
+                iface: "veth-a".into(),
+            }
+            .to_string(),
+        ];
+        for f in faults {
+            assert!(readme.contains(&format!("`observer: error: {f}`")), "{f}");
+        }
     }
 }

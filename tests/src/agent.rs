@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
     time::Duration,
@@ -54,6 +54,37 @@ pub struct Finished {
     pub stdout: Vec<String>,
     /// Standard error lines.
     pub stderr: Vec<String>,
+}
+
+impl From<std::process::Output> for Finished {
+    fn from(out: std::process::Output) -> Finished {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).lines().map(str::to_owned).collect();
+        Finished {
+            code: out.status.code(),
+            stdout: text(&out.stdout),
+            stderr: text(&out.stderr),
+        }
+    }
+}
+
+/// A command that runs `observer` in `ns`, as `prefix` (e.g. setpriv) when given; add its arguments.
+pub fn command(ns: &Netns, prefix: &[&str]) -> anyhow::Result<Command> {
+    let bin = binary()?;
+    let bin = bin.to_str().context("binary path")?;
+    Ok(match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = ns.command(first);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => ns.command(bin),
+    })
+}
+
+/// Runs `observer <args>` in `ns` (as `prefix` when given) to completion.
+pub fn run(ns: &Netns, prefix: &[&str], args: &[&str]) -> Finished {
+    let mut cmd = command(ns, prefix).expect("observer binary");
+    cmd.args(args).output().expect("running observer").into()
 }
 
 /// Reads `r` line by line on a thread; the lines arrive on the returned channel, which closes at end of file.
@@ -109,6 +140,11 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// The agent's process id (`ip netns exec` execs it, so this is observer itself).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits until a stdout line satisfies `pred` (or `timeout` passes) and returns the lines read so far.
