@@ -12,6 +12,7 @@ pub mod link;
 pub mod neigh;
 pub mod pcapng;
 pub mod preflight;
+pub mod privileges;
 pub mod queues;
 pub mod render;
 pub mod sockets;

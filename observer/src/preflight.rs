@@ -70,10 +70,10 @@ pub fn missing_capabilities(caps: u64) -> Result<(), PreflightError> {
     let mut missing = Vec::new();
     // CAP_SYS_ADMIN covers CAP_BPF on every kernel.
     if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
-        missing.push("CAP_BPF");
+        missing.push("CAP_BPF (to load the eBPF programs)");
     }
     if !has(CAP_NET_ADMIN) {
-        missing.push("CAP_NET_ADMIN");
+        missing.push("CAP_NET_ADMIN (to attach them to the interface)");
     }
     if missing.is_empty() {
         Ok(())
@@ -167,9 +167,15 @@ mod tests {
         assert!(missing_capabilities(1 << CAP_BPF | 1 << CAP_NET_ADMIN).is_ok());
         assert!(missing_capabilities(1 << CAP_SYS_ADMIN | 1 << CAP_NET_ADMIN).is_ok());
         let e = missing_capabilities(1 << CAP_BPF).unwrap_err().to_string();
-        assert!(e.contains("missing: CAP_NET_ADMIN") && e.contains("sudo"), "{e}");
+        assert!(
+            e.contains("missing: CAP_NET_ADMIN (to attach them to the interface)") && e.contains("sudo"),
+            "{e}"
+        );
         let e = missing_capabilities(0).unwrap_err().to_string();
-        assert!(e.contains("CAP_BPF, CAP_NET_ADMIN"), "{e}");
+        assert!(
+            e.contains("missing: CAP_BPF (to load the eBPF programs), CAP_NET_ADMIN (to attach"),
+            "{e}"
+        );
     }
 
     #[test]

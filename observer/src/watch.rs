@@ -25,6 +25,7 @@ use crate::{
     neigh::{NeighError, NeighMsg, NeighSource, NeighTable},
     pcapng::{Packet, PcapngError, PcapngWriter},
     preflight,
+    privileges::{self, Needs},
     render::{Clock, Renderer},
     sockets::{Socket, TcpState, live::LiveKernel},
     watchdog::{self, Watchdog},
@@ -97,6 +98,16 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     };
 
     let mut neigh = open_neigh(ifindex);
+    let needs = Needs {
+        processes: linker.is_some(),
+        netlink_tc: capture.netlink_tc(),
+    };
+    if needs.processes
+        && let Some(note) = privileges::process_names_note()
+    {
+        eprintln!("observer: note: {note}");
+    }
+    privileges::drop_all_but(needs)?;
 
     let mut printer = Printer {
         renderer,
@@ -107,6 +118,10 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         pcap_error: None,
         out_error: None,
     };
+    // Installed before the line that says the agent is ready: a signal right after it must not kill it.
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     eprintln!(
         "observer: watching {iface} ({}){}{}; Ctrl-C to stop",
         capture.attached().join(", "),
@@ -118,8 +133,6 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         if linker.is_some() { ", linked to sockets" } else { "" }
     );
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut arp_tick = tokio::time::interval(ARP_TICK);
     let mut watch_tick = tokio::time::interval(watchdog::EVERY);
@@ -164,7 +177,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
                 let lines = printer.renderer.arp_tick(boot_time_ns());
                 open = printer.emit_lines(lines);
             }
-            _ = tokio::signal::ctrl_c() => open = false,
+            _ = sigint.recv() => open = false,
             _ = sigterm.recv() => open = false,
             _ = sighup.recv() => open = false,
         }

@@ -113,8 +113,12 @@ pub fn drain(rx: &mpsc::Receiver<String>) -> Vec<String> {
 impl Agent {
     /// Starts `observer <args>` in `ns` and waits until it reports that it is attached.
     pub fn start(ns: &Netns, args: &[&str]) -> anyhow::Result<Agent> {
-        let bin = binary()?;
-        let mut cmd = ns.command(bin.to_str().context("binary path")?);
+        Agent::start_as(ns, &[], args)
+    }
+
+    /// Starts `observer <args>` in `ns` as `prefix` (e.g. setpriv) and waits until it reports that it is attached.
+    pub fn start_as(ns: &Netns, prefix: &[&str], args: &[&str]) -> anyhow::Result<Agent> {
+        let mut cmd = command(ns, prefix)?;
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("spawning observer")?;
         let stdout = lines(child.stdout.take().context("stdout")?);

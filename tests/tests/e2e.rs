@@ -615,7 +615,11 @@ fn errors_are_one_line_and_non_zero() {
             "unprivileged",
             &nobody,
             &["--iface", "lo"],
-            &["CAP_BPF", "CAP_NET_ADMIN", "sudo"],
+            &[
+                "CAP_BPF (to load the eBPF programs)",
+                "CAP_NET_ADMIN (to attach them to the interface)",
+                "sudo",
+            ],
         ),
         ("nine --port", &[], &nine_ports, &["at most 8", "--port", "got 9"]),
         ("--port 0", &[], &["--port", "0"], &["'--port <PORT>'", "at least 1"]),
