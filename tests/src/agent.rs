@@ -67,6 +67,22 @@ impl From<std::process::Output> for Finished {
     }
 }
 
+impl Finished {
+    /// The value printed after `name` in the exit report, e.g. `control_only_suppressed 3`.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.stderr
+            .iter()
+            .find_map(|line| {
+                let t: Vec<&str> = line
+                    .split([' ', ',', ':', '(', ')'])
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                t.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no counter {name} in the report: {:#?}", self.stderr))
+    }
+}
+
 /// A command that runs `observer` in `ns`, as `prefix` (e.g. setpriv) when given; add its arguments.
 pub fn command(ns: &Netns, prefix: &[&str]) -> anyhow::Result<Command> {
     let bin = binary()?;
@@ -169,11 +185,12 @@ impl Agent {
         false
     }
 
-    /// Sends `signal`, waits for exit and collects the output not yet read.
+    /// Sends `signal`, waits for exit (a stalled agent that does not end within 30 s is an error) and collects
+    /// the output not yet read.
     pub fn stop(&mut self, signal: i32) -> anyhow::Result<Finished> {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
-        self.finish()
+        self.wait_exit(Duration::from_secs(30))
     }
 
     /// Waits for an agent that ends by itself (`--count`), at most `timeout`, and collects its output.

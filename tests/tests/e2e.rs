@@ -203,20 +203,6 @@ fn stop_after(mut agent: Agent, done: impl Fn(&Event) -> bool, signal: i32) -> F
     f
 }
 
-/// The value printed after `name` in the exit report, e.g. `control_only_suppressed 3`.
-fn counter(f: &Finished, name: &str) -> u64 {
-    f.stderr
-        .iter()
-        .find_map(|line| {
-            let t: Vec<&str> = line
-                .split([' ', ',', ':', '(', ')'])
-                .filter(|t| !t.is_empty())
-                .collect();
-            t.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no counter {name} in the report: {:#?}", f.stderr))
-}
-
 /// Exit 0 after SIGINT/SIGTERM, the detach line, no drops, no malformed frames, no decode errors, and every
 /// record the kernel emitted printed on stdout.
 fn assert_clean_exit(f: &Finished, iface: &str) {
@@ -466,8 +452,8 @@ fn xdp_hook_sees_ingress() {
         find(&ev, reply + 1, "server FIN", |e| {
             e.is("in", "FIN, ACK", M + 1, Some(N + 2), 0)
         });
-        assert!(counter(&f, "xdp") >= ev.len() as u64, "{f:#?}");
-        assert_eq!((counter(&f, "ingress"), counter(&f, "egress")), (0, 0), "{f:#?}");
+        assert!(f.counter("xdp") >= ev.len() as u64, "{f:#?}");
+        assert_eq!((f.counter("ingress"), f.counter("egress")), (0, 0), "{f:#?}");
         let left = attached_after_exit(&pair.a, &pair.a_if);
         assert!(left.is_empty(), "{mode}: still attached after exit: {left:?}");
     }
@@ -516,7 +502,7 @@ fn control_only_keeps_control_segments() {
         assert!(control || handshake_ack || answers_fin, "not a control segment: {e:?}");
     }
     // Each round's request and reply at least.
-    assert!(counter(&f, "control_only_suppressed") >= 2 * rounds as u64, "{f:#?}");
+    assert!(f.counter("control_only_suppressed") >= 2 * rounds as u64, "{f:#?}");
 }
 
 /// `--port` keeps the port-22 connection and ARP but not a connection to port 2222; `--host` keeps the
@@ -557,7 +543,7 @@ fn filters_by_port_and_host() {
         .filter(|e| e.proto == "TCP" && e.ports().0 != PORT && e.ports().1 != PORT)
         .collect();
     assert!(leaked.is_empty(), "--port 22 printed other ports: {leaked:#?}");
-    assert!(counter(&f, "filtered") > 0, "{f:#?}");
+    assert!(f.counter("filtered") > 0, "{f:#?}");
 
     let agent = Agent::start(&pair.a, &["--iface", &pair.a_if, "--host", other]).expect("starting observer");
     talk(&pair, &b, PORT, 1);
@@ -582,7 +568,7 @@ fn filters_by_port_and_host() {
         })
         .collect();
     assert!(leaked.is_empty(), "--host {other} printed other hosts: {leaked:#?}");
-    assert!(counter(&f, "filtered") > 0, "{f:#?}");
+    assert!(f.counter("filtered") > 0, "{f:#?}");
 }
 
 /// Mistakes get one line on stderr and a non-zero exit, never a panic: an unknown interface (the line lists the
@@ -729,7 +715,7 @@ fn sigterm_detaches_and_reports() {
     find(&events(&f), 0, "final ACK", |e| {
         e.is("out", "ACK", N + 2, Some(M + 2), 0)
     });
-    assert!(counter(&f, "ingress") > 0 && counter(&f, "egress") > 0, "{f:#?}");
+    assert!(f.counter("ingress") > 0 && f.counter("egress") > 0, "{f:#?}");
     let left = attached_after_exit(&pair.a, &pair.a_if);
     assert!(left.is_empty(), "still attached after SIGTERM: {left:?}");
 }
