@@ -308,6 +308,12 @@ impl Capture {
         self.netlink_tc
     }
 
+    /// The kernel's id of loaded program `name`.
+    pub fn program_id(&self, name: &str) -> Option<u32> {
+        let prog: &SchedClassifier = self.ebpf.program(name)?.try_into().ok()?;
+        prog.info().ok().map(|i| i.id())
+    }
+
     /// Names of the attached programs.
     pub fn attached(&self) -> &[&'static str] {
         &self.attached

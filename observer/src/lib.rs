@@ -15,6 +15,7 @@ pub mod preflight;
 pub mod privileges;
 pub mod queues;
 pub mod render;
+pub mod rtnl;
 pub mod sockets;
 pub mod table;
 pub mod watch;

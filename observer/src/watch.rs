@@ -15,7 +15,7 @@ use tokio::{
 };
 
 use crate::{
-    capture::{Capture, CaptureError, Counters, Hook},
+    capture::{Capture, CaptureError, Counters, Hook, program},
     cli::{HookKind, WatchArgs},
     events::{self, Event},
     exit::Fault,
@@ -28,7 +28,7 @@ use crate::{
     privileges::{self, Needs},
     render::{Clock, Renderer},
     sockets::{Socket, TcpState, live::LiveKernel},
-    watchdog::{self, Watchdog},
+    watchdog::{self, Watchdog, WatchedFilter},
 };
 
 /// How often held records are checked for release.
@@ -69,7 +69,21 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         None
     };
     capture.attach(&iface, hook)?;
-    let watchdog = Watchdog::new(&iface, ifindex);
+    let filters = if capture.netlink_tc() {
+        [(program::TC_INGRESS, false), (program::TC_EGRESS, true)]
+            .into_iter()
+            .filter_map(|(name, egress)| {
+                Some(WatchedFilter {
+                    program: name,
+                    prog_id: capture.program_id(name)?,
+                    egress,
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let watchdog = Watchdog::new(&iface, ifindex, filters);
     let flows = FlowTable::new(args.max_flows).with_idle_ns(args.flow_idle_secs.saturating_mul(1_000_000_000));
     let mut renderer = Renderer::new(&iface, ifindex, args.json)
         .with_clock(clock)

@@ -1,11 +1,17 @@
 //! Notices, while the agent runs, that its interface or its programs' attachments went away: the interface's
-//! index is looked up by name, and each TCX or XDP link's `/proc/self/fdinfo` entry still names the interface
-//! (the kernel sets a link's ifindex to 0 when it is detached, by `bpftool link detach` or with its device).
-//! Legacy netlink tc filters (`--tc-attach netlink`) have no link fd and are not watched.
+//! index is looked up by name, each TCX or XDP link's `/proc/self/fdinfo` entry must still name the interface
+//! (the kernel sets a link's ifindex to 0 when it is detached, by `bpftool link detach` or with its device),
+//! and a legacy netlink tc filter (`--tc-attach netlink`), which has no link, must still be in an
+//! RTM_GETTFILTER dump of its clsact hook with its program's id.
 
 use std::{ffi::CString, fs, path::PathBuf};
 
-use crate::{capture::program, exit::Fault, preflight};
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
+};
+
+use crate::{capture::program, exit::Fault, preflight, rtnl};
 
 /// How often [`Watchdog::check`] should run: faults end the agent well within a second.
 pub const EVERY: std::time::Duration = std::time::Duration::from_millis(200);
@@ -24,11 +30,24 @@ pub struct Watchdog {
     c_iface: CString,
     ifindex: u32,
     links: Vec<WatchedLink>,
+    filters: Vec<WatchedFilter>,
+}
+
+/// One of the agent's legacy tc filters on the interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchedFilter {
+    /// The program.
+    pub program: &'static str,
+    /// Its kernel id.
+    pub prog_id: u32,
+    /// Whether it hooks egress (else ingress).
+    pub egress: bool,
 }
 
 impl Watchdog {
-    /// Watches `iface` (index `ifindex`) and every TCX and XDP link this process holds on it; call after attach.
-    pub fn new(iface: &str, ifindex: u32) -> Watchdog {
+    /// Watches `iface` (index `ifindex`), every TCX and XDP link this process holds on it and the legacy tc
+    /// `filters` it attached; call after attach.
+    pub fn new(iface: &str, ifindex: u32, filters: Vec<WatchedFilter>) -> Watchdog {
         let links = fs::read_dir("/proc/self/fd")
             .map(|dir| {
                 dir.filter_map(|e| {
@@ -52,12 +71,8 @@ impl Watchdog {
             c_iface: CString::new(iface).unwrap_or_default(),
             ifindex,
             links,
+            filters,
         }
-    }
-
-    /// The programs whose links are watched.
-    pub fn watched(&self) -> Vec<&'static str> {
-        self.links.iter().map(|l| l.program).collect()
     }
 
     /// The fault, if the interface or a link is gone.
@@ -75,14 +90,52 @@ impl Watchdog {
                 },
             });
         }
-        self.links.iter().find_map(|l| {
+        let detached = |program| Fault::Detached {
+            program,
+            iface: self.iface.clone(),
+        };
+        let link_gone = self.links.iter().find_map(|l| {
             let info = fs::read_to_string(&l.fdinfo).map(|t| LinkFdinfo::parse(&t)).ok();
-            (info.and_then(|i| i.ifindex) != Some(self.ifindex)).then(|| Fault::Detached {
-                program: l.program,
-                iface: self.iface.clone(),
-            })
-        })
+            (info.and_then(|i| i.ifindex) != Some(self.ifindex)).then_some(l.program)
+        });
+        // A dump that fails says nothing about the filters: they are checked again on the next tick.
+        let filter_gone = || {
+            self.filters
+                .iter()
+                .find(|f| filter_ids(self.ifindex, f.egress).is_ok_and(|ids| !ids.contains(&f.prog_id)))
+                .map(|f| f.program)
+        };
+        link_gone.or_else(filter_gone).map(detached)
     }
+}
+
+/// The program ids of the bpf filters on the clsact ingress (or egress) hook of `ifindex`.
+fn filter_ids(ifindex: u32, egress: bool) -> Result<Vec<u32>, rtnl::DumpError> {
+    let mut get = TcMessage::default();
+    get.header.index = ifindex as i32;
+    get.header.parent = TcHandle {
+        minor: if egress {
+            TcHandle::MIN_EGRESS
+        } else {
+            TcHandle::MIN_INGRESS
+        },
+        ..TcHandle::CLSACT
+    };
+    let mut ids = Vec::new();
+    rtnl::dump(RouteNetlinkMessage::GetTrafficFilter(get), |m| {
+        let RouteNetlinkMessage::NewTrafficFilter(f) = m else {
+            return;
+        };
+        for a in &f.attributes {
+            if let TcAttribute::Options(options) = a {
+                ids.extend(options.iter().filter_map(|o| match o {
+                    TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(*id),
+                    _ => None,
+                }));
+            }
+        }
+    })?;
+    Ok(ids)
 }
 
 /// What a bpf_link's fdinfo says of its attachment.
@@ -148,8 +201,8 @@ mod tests {
     #[test]
     fn a_missing_interface_is_a_fault_and_lo_is_not() {
         let lo = preflight::ifindex("lo");
-        assert!(Watchdog::new("lo", lo).check().is_none());
-        let gone = Watchdog::new("no-such-if0", 4_000_000).check();
+        assert!(Watchdog::new("lo", lo, Vec::new()).check().is_none());
+        let gone = Watchdog::new("no-such-if0", 4_000_000, Vec::new()).check();
         assert!(matches!(gone, Some(Fault::InterfaceGone { .. })), "{gone:?}");
     }
 }

@@ -101,66 +101,78 @@ fn assert_ended(what: &str, f: &Finished, since: Instant, code: i32, line: &str,
     assert!(!f.stderr.iter().any(|l| l.contains("panicked")), "{what}: {f:#?}");
 }
 
-/// Interface renamed, deleted, moved to another namespace, its peer's namespace deleted, and a TCX or XDP link
-/// detached by someone else (`bpftool link detach`): each ends the agent within a second with its own status.
+/// Interface renamed, deleted, moved to another namespace, its peer's namespace deleted, a TCX or XDP link
+/// detached by someone else (`bpftool link detach`) and a legacy tc filter deleted (`tc filter del`): each ends
+/// the agent within a second with its own status.
 #[test]
 fn interface_and_link_faults_end_the_agent() {
     const NAME: &str = "interface_and_link_faults_end_the_agent";
-    if !require::root(NAME) || !require::tool(NAME, "bpftool") {
+    if !require::root(NAME) || !require::tool(NAME, "bpftool") || !require::tool(NAME, "tc") {
         return;
     }
-    // (what, hook, the fault, the exit status, the last line with `{if}` for the interface)
+    // (what, options, the fault, the exit status, the last line with `{if}` for the interface)
     type Fault = fn(&Pair, u32) -> anyhow::Result<()>;
-    let cases: [(&str, &str, Fault, i32, &str); 6] = [
+    let cases: [(&str, &[&str], Fault, i32, &str); 7] = [
         (
             "renamed",
-            "tc",
+            &["--hook", "tc"],
             |p, _| p.a.ip(&["link", "set", &p.a_if, "name", "veth-z"]).map(drop),
             INTERFACE_RENAMED,
             "observer: error: interface {if} was renamed to veth-z",
         ),
         (
             "deleted",
-            "tc",
+            &["--hook", "tc"],
             |p, _| p.a.ip(&["link", "del", &p.a_if]).map(drop),
             INTERFACE_GONE,
             GONE,
         ),
         (
             "peer namespace deleted",
-            "xdp",
+            &["--hook", "xdp"],
             |p, _| netns::ip(&["netns", "del", &p.b.name]).map(drop),
             INTERFACE_GONE,
             GONE,
         ),
         (
             "moved to another namespace",
-            "tc",
+            &["--hook", "tc"],
             |p, _| p.a.ip(&["link", "set", &p.a_if, "netns", &p.b.name]).map(drop),
             INTERFACE_GONE,
             GONE,
         ),
         (
             "TCX link detached",
-            "tc",
+            &["--hook", "tc"],
             |_, pid| detach_first(pid, "tcx"),
             DETACHED,
             "observer: error: tc_ingress was detached from {if} by someone else",
         ),
         (
             "XDP link detached",
-            "xdp",
+            &["--hook", "xdp"],
             |_, pid| detach_first(pid, "xdp"),
             DETACHED,
             "observer: error: xdp_ingress was detached from {if} by someone else",
         ),
+        (
+            "netlink tc filter deleted",
+            &["--tc-attach", "netlink"],
+            |p, _| netns::run(p.a.command("tc").args(["filter", "del", "dev", &p.a_if, "egress"])).map(drop),
+            DETACHED,
+            "observer: error: tc_egress was detached from {if} by someone else",
+        ),
     ];
-    for (i, (what, hook, fault, code, line)) in cases.into_iter().enumerate() {
+    for (i, (what, options, fault, code, line)) in cases.into_iter().enumerate() {
         if what.starts_with("TCX") && !require::kernel(NAME, 6, 6, "TCX links") {
             continue;
         }
         let pair = Pair::new(&format!("ft{i}"), 150 + i as u8).expect("namespaces");
-        let mut agent = Agent::start(&pair.a, &["--iface", &pair.a_if, "--hook", hook]).expect("starting observer");
+        let args: Vec<&str> = ["--iface", pair.a_if.as_str()]
+            .into_iter()
+            .chain(options.iter().copied())
+            .collect();
+        let mut agent = Agent::start(&pair.a, &args).expect("starting observer");
         let line = line.replace("{if}", &pair.a_if);
         let since = Instant::now();
         fault(&pair, agent.pid()).unwrap_or_else(|e| panic!("{what}: {e:#}"));
