@@ -154,6 +154,8 @@ fn load_hint(e: &EbpfError) -> &'static str {
 pub struct Capture {
     pub(crate) ebpf: Ebpf,
     pub(crate) attached: Vec<&'static str>,
+    /// Whether the TC programs went in as legacy netlink filters (removing them at exit needs CAP_NET_ADMIN).
+    netlink_tc: bool,
 }
 
 impl Capture {
@@ -173,6 +175,7 @@ impl Capture {
         let mut capture = Capture {
             ebpf,
             attached: Vec::new(),
+            netlink_tc: false,
         };
         capture.set_config(config)?;
         Ok(capture)
@@ -255,6 +258,7 @@ impl Capture {
                     }
                     .map_err(attach_error)?;
                     self.attached.push(name);
+                    self.netlink_tc = options.is_some();
                 }
             }
             Hook::Xdp(mode) => {
@@ -297,6 +301,17 @@ impl Capture {
             let _ = tc::qdisc_detach_program(iface, kind, name);
         }
         Ok(())
+    }
+
+    /// Whether the TC programs are legacy netlink filters, which only CAP_NET_ADMIN removes.
+    pub fn netlink_tc(&self) -> bool {
+        self.netlink_tc
+    }
+
+    /// The kernel's id of loaded program `name`.
+    pub fn program_id(&self, name: &str) -> Option<u32> {
+        let prog: &SchedClassifier = self.ebpf.program(name)?.try_into().ok()?;
+        prog.info().ok().map(|i| i.id())
     }
 
     /// Names of the attached programs.

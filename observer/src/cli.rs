@@ -98,11 +98,11 @@ pub struct QueuesArgs {
     /// One JSON object per refresh instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Refresh interval in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    /// Refresh interval in milliseconds (at least 10).
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = at_least::<10, u64>)]
     pub interval_ms: u64,
     /// Stop after this many refreshes.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least::<1, u64>)]
     pub count: Option<u64>,
 }
 
@@ -131,7 +131,7 @@ pub struct WatchArgs {
     #[arg(long, value_enum, default_value_t = TcAttach::Auto)]
     pub tc_attach: TcAttach,
     /// Only TCP segments to or from this port (repeat for more, up to 8).
-    #[arg(long = "port", short = 'p', value_name = "PORT")]
+    #[arg(long = "port", short = 'p', value_name = "PORT", value_parser = at_least::<1, u16>)]
     pub ports: Vec<u16>,
     /// Only packets to or from this address (repeat for more, up to 8).
     #[arg(long = "host", value_name = "ADDR")]
@@ -146,7 +146,7 @@ pub struct WatchArgs {
     #[arg(long)]
     pub ebpf_log: bool,
     /// Stop after this many events.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least::<1, u64>)]
     pub count: Option<u64>,
     /// Only the wire: do not link segments to sockets (needs no kernel BTF or sock_diag).
     #[arg(long)]
@@ -155,12 +155,22 @@ pub struct WatchArgs {
     #[arg(long, short = 'w', value_name = "FILE.pcapng")]
     pub write: Option<std::path::PathBuf>,
     /// Most TCP flows analysed at once; the least recently seen is evicted (and counted) beyond it.
-    #[arg(long, value_name = "N", default_value_t = crate::flows::DEFAULT_MAX_FLOWS)]
+    #[arg(long, value_name = "N", default_value_t = crate::flows::DEFAULT_MAX_FLOWS, value_parser = at_least::<1, usize>)]
     pub max_flows: usize,
     /// Forget a TCP flow (and report an unfinished handshake) after this many idle seconds; closed flows go 10 s
     /// after their last segment.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = at_least::<1, u64>)]
     pub flow_idle_secs: u64,
+}
+
+/// Parses a whole number of at least `MIN`: a port 0 filters everything out, a table of 0 flows holds none, a
+/// count of 0 never starts, an interval of 0 never rests.
+fn at_least<const MIN: u64, T: TryFrom<u64>>(s: &str) -> Result<T, String> {
+    let n: u64 = s.parse().map_err(|e| format!("{e}"))?;
+    if n < MIN {
+        return Err(format!("must be at least {MIN}"));
+    }
+    T::try_from(n).map_err(|_| format!("{n} is too large"))
 }
 
 /// A command line that parses but cannot be honoured.
@@ -237,5 +247,27 @@ mod tests {
             .collect();
         let cli = Cli::parse_from(args);
         assert!(cli.watch.config().unwrap_err().to_string().contains("at most 8"));
+    }
+
+    #[test]
+    fn values_that_make_no_sense_are_refused() {
+        for args in [
+            &["observer", "--port", "0"][..],
+            &["observer", "--port", "65536"],
+            &["observer", "--max-flows", "0"],
+            &["observer", "--count", "0"],
+            &["observer", "--flow-idle-secs", "0"],
+            &["observer", "queues", "--count", "0"],
+            &["observer", "queues", "--interval-ms", "0"],
+            &["observer", "queues", "--interval-ms", "9"],
+        ] {
+            let e = Cli::try_parse_from(args).expect_err(&format!("{args:?} accepted"));
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{args:?}: {e}");
+        }
+        let cli = Cli::parse_from(["observer", "--port", "1", "--max-flows", "1", "--count", "1"]);
+        assert_eq!(
+            (cli.watch.ports[0], cli.watch.max_flows, cli.watch.count),
+            (1, 1, Some(1))
+        );
     }
 }

@@ -5,11 +5,17 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use observer::{
     cli::{Cli, Command},
+    exit::{self, status},
     queues, table, watch,
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => return usage(&e),
+        // --help and --version.
+        Err(e) => e.exit(),
+    };
     // The table commands need neither the runtime nor the logger; compare has its own exit codes.
     match &cli.command {
         Some(Command::Netstat(args)) => {
@@ -58,8 +64,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints the error chain on one line; no backtrace.
+/// Prints the error chain on one line (no backtrace) and exits with the error's status; a closed stdout ends
+/// quietly with 0.
 fn fail(e: &anyhow::Error) -> ExitCode {
-    eprintln!("observer: error: {e:#}");
-    ExitCode::FAILURE
+    match exit::status_of(e) {
+        Some(code) => {
+            eprintln!("observer: error: {e:#}");
+            ExitCode::from(code)
+        }
+        None => ExitCode::SUCCESS,
+    }
+}
+
+/// A command line clap refuses: its first line only (the usage and the `--help` hint that follow are left out).
+fn usage(e: &clap::Error) -> ExitCode {
+    let text = e.render().to_string();
+    let line = text.lines().next().unwrap_or_default();
+    eprintln!("observer: {line}");
+    ExitCode::from(status::USAGE)
 }

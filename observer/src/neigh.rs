@@ -7,17 +7,16 @@ use std::collections::HashMap;
 use std::io;
 use std::net::Ipv4Addr;
 
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
+
+use crate::rtnl::{self, RECV_BUF};
 
 /// Multicast group of neighbour notifications (`RTNLGRP_NEIGH` in linux/rtnetlink.h).
 const RTNLGRP_NEIGH: u32 = 3;
-/// Receive buffer for one datagram of netlink messages.
-const RECV_BUF: usize = 1 << 16;
 /// Default cap on the entries the table remembers.
 pub const DEFAULT_NEIGH_ENTRIES: usize = 4096;
 
@@ -195,9 +194,9 @@ pub enum NeighError {
         #[source]
         source: io::Error,
     },
-    /// The kernel answered the RTM_GETNEIGH dump with an error.
-    #[error("RTM_GETNEIGH dump failed: {0}")]
-    Dump(io::Error),
+    /// The RTM_GETNEIGH dump failed.
+    #[error("RTM_GETNEIGH dump failed")]
+    Dump(#[source] rtnl::DumpError),
 }
 
 fn sock_err(call: &'static str) -> impl FnOnce(io::Error) -> NeighError {
@@ -232,7 +231,7 @@ impl NeighSource {
         loop {
             buf.clear();
             match self.socket.recv(&mut buf, 0) {
-                Ok(_) => out.extend(parse(&buf).msgs.into_iter().filter(|m| wanted(m, self.ifindex))),
+                Ok(_) => out.extend(parse(&buf).into_iter().filter(|m| wanted(m, self.ifindex))),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(out),
                 // The socket buffer overflowed: changes were lost, later ones still come.
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => continue,
@@ -252,77 +251,36 @@ fn wanted(m: &NeighMsg, ifindex: u32) -> bool {
     (ifindex == 0 || m.ifindex == ifindex) && m.state != NeighState::NOARP
 }
 
-/// Dumps the IPv4 neighbour table on a socket of its own.
+/// The IPv4 entries of `ifindex` (0: all) now, from an RTM_GETNEIGH dump.
 fn dump(ifindex: u32) -> Result<Vec<NeighMsg>, NeighError> {
-    let mut socket = Socket::new(NETLINK_ROUTE).map_err(sock_err("socket"))?;
-    socket.bind_auto().map_err(sock_err("bind"))?;
     let mut get = NeighbourMessage::default();
     get.header.family = AddressFamily::Inet;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    header.sequence_number = 1;
-    let mut req = NetlinkMessage::new(
-        header,
-        NetlinkPayload::InnerMessage(RouteNetlinkMessage::GetNeighbour(get)),
-    );
-    req.finalize();
-    let mut bytes = vec![0; req.buffer_len()];
-    req.serialize(&mut bytes);
-    socket
-        .send_to(&bytes, &SocketAddr::new(0, 0), 0)
-        .map_err(sock_err("send"))?;
     let mut out = Vec::new();
-    let mut buf = Vec::with_capacity(RECV_BUF);
-    loop {
-        buf.clear();
-        socket.recv(&mut buf, 0).map_err(sock_err("recv"))?;
-        let parsed = parse(&buf);
-        if let Some(e) = parsed.error {
-            return Err(NeighError::Dump(e));
-        }
-        out.extend(parsed.msgs.into_iter().filter(|m| wanted(m, ifindex)));
-        if parsed.done {
-            return Ok(out);
-        }
-    }
+    rtnl::dump(RouteNetlinkMessage::GetNeighbour(get), |m| {
+        out.extend(neigh_of(m).filter(|m| wanted(m, ifindex)));
+    })
+    .map_err(NeighError::Dump)?;
+    Ok(out)
 }
 
-/// What one datagram held.
-#[derive(Debug, Default)]
-struct Parsed {
-    msgs: Vec<NeighMsg>,
-    done: bool,
-    error: Option<io::Error>,
+/// The neighbour messages of one datagram.
+fn parse(buf: &[u8]) -> Vec<NeighMsg> {
+    let mut msgs = Vec::new();
+    rtnl::messages(buf, |m| {
+        if let rtnl::Message::Route(m) = m {
+            msgs.extend(neigh_of(m));
+        }
+    });
+    msgs
 }
 
-/// Parses a datagram of netlink messages; undecodable and non-neighbour messages are skipped.
-fn parse(mut buf: &[u8]) -> Parsed {
-    let mut p = Parsed::default();
-    while let Ok(nl) = NetlinkBuffer::new_checked(buf) {
-        let len = nl.length() as usize;
-        let aligned = (len + 3) & !3;
-        if len == 0 {
-            break;
-        }
-        match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&buf[..len.min(buf.len())]).map(|m| m.payload) {
-            Ok(NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m))) => {
-                p.msgs.extend(neigh_msg(&m, false));
-            }
-            Ok(NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(m))) => {
-                p.msgs.extend(neigh_msg(&m, true));
-            }
-            Ok(NetlinkPayload::Done(_)) => p.done = true,
-            Ok(NetlinkPayload::Error(e)) => {
-                if let Some(code) = e.code {
-                    p.error = Some(io::Error::from_raw_os_error(-code.get()));
-                }
-                p.done = true;
-            }
-            _ => {}
-        }
-        buf = buf.get(aligned..).unwrap_or_default();
+/// The entry a route message reports, if it is a neighbour message.
+fn neigh_of(m: RouteNetlinkMessage) -> Option<NeighMsg> {
+    match m {
+        RouteNetlinkMessage::NewNeighbour(m) => neigh_msg(&m, false),
+        RouteNetlinkMessage::DelNeighbour(m) => neigh_msg(&m, true),
+        _ => None,
     }
-    p
 }
 
 fn neigh_msg(m: &NeighbourMessage, deleted: bool) -> Option<NeighMsg> {
@@ -349,6 +307,8 @@ fn neigh_msg(m: &NeighbourMessage, deleted: bool) -> Option<NeighMsg> {
 
 #[cfg(test)]
 mod tests {
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+
     use super::*;
 
     fn msg(state: NeighState, lladdr: Option<[u8; 6]>, deleted: bool) -> NeighMsg {
@@ -409,9 +369,7 @@ mod tests {
         let mut bytes = vec![0; nl.buffer_len()];
         nl.serialize(&mut bytes);
         let twice = [bytes.clone(), bytes].concat();
-        let p = parse(&twice);
-        assert_eq!(p.msgs, vec![msg(NeighState::REACHABLE, Some(MAC), false); 2]);
-        assert!(!p.done && p.error.is_none());
-        assert!(parse(&[1, 2, 3]).msgs.is_empty());
+        assert_eq!(parse(&twice), vec![msg(NeighState::REACHABLE, Some(MAC), false); 2]);
+        assert!(parse(&[1, 2, 3]).is_empty());
     }
 }

@@ -77,6 +77,17 @@ pub enum PcapngError {
     },
 }
 
+impl PcapngError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            PcapngError::Create { path, .. } | PcapngError::Write { path, .. } | PcapngError::Encode { path, .. } => {
+                path
+            }
+        }
+    }
+}
+
 /// One wire record to write.
 #[derive(Clone, Copy, Debug)]
 pub struct Packet<'a> {
@@ -88,10 +99,30 @@ pub struct Packet<'a> {
     pub comment: Option<&'a str>,
 }
 
+/// A writer that counts the bytes its inner writer took.
+struct Counted<W> {
+    inner: W,
+    taken: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.taken += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// A pcapng file being written.
 pub struct PcapngWriter<W: Write = BufWriter<File>> {
     path: PathBuf,
-    writer: PcapNgWriter<W>,
+    writer: PcapNgWriter<Counted<W>>,
+    /// Bytes known to be whole blocks in the file: what the last successful flush wrote.
+    flushed: u64,
     clock: Clock,
     /// Interface id in the file by ifindex.
     interfaces: HashMap<u32, u32>,
@@ -108,6 +139,15 @@ impl PcapngWriter {
         })?;
         Self::new(BufWriter::new(file), path, clock)
     }
+
+    /// Gives up the file after a write error, cutting it back to the blocks the last successful flush wrote (a
+    /// full disk can leave half a block at the end), so that what was written so far stays readable.
+    pub fn abandon(self) -> io::Result<()> {
+        let flushed = self.flushed;
+        // The buffered bytes are dropped unwritten.
+        let (file, _) = self.writer.into_inner().inner.into_parts();
+        file.set_len(flushed)
+    }
 }
 
 impl<W: Write> PcapngWriter<W> {
@@ -121,10 +161,18 @@ impl<W: Write> PcapngWriter<W> {
             )))],
             ..SectionHeaderBlock::default()
         };
-        let writer = PcapNgWriter::with_section_header(writer, section).map_err(|e| write_error(path, e))?;
+        let writer = PcapNgWriter::with_section_header(
+            Counted {
+                inner: writer,
+                taken: 0,
+            },
+            section,
+        )
+        .map_err(|e| write_error(path, e))?;
         Ok(PcapngWriter {
             path: path.to_owned(),
             writer,
+            flushed: 0,
             clock,
             interfaces: HashMap::new(),
             names: HashMap::new(),
@@ -168,10 +216,13 @@ impl<W: Write> PcapngWriter<W> {
 
     /// Writes out what is buffered.
     pub fn flush(&mut self) -> Result<(), PcapngError> {
-        self.writer.get_mut().flush().map_err(|source| PcapngError::Write {
+        let counted = self.writer.get_mut();
+        counted.flush().map_err(|source| PcapngError::Write {
             path: self.path.clone(),
             source,
-        })
+        })?;
+        self.flushed = counted.taken;
+        Ok(())
     }
 
     /// The file's interface id of `ifindex`, writing its description block first when it is new.
@@ -183,7 +234,7 @@ impl<W: Write> PcapngWriter<W> {
             .names
             .get(&ifindex)
             .cloned()
-            .or_else(|| interface_name(ifindex))
+            .or_else(|| crate::preflight::interface_name(ifindex))
             .unwrap_or_else(|| ifindex.to_string());
         let idb = InterfaceDescriptionBlock {
             linktype: DataLink::ETHERNET,
@@ -213,18 +264,6 @@ fn write_error(path: &Path, e: PcapError) -> PcapngError {
             source,
         },
     }
-}
-
-/// `if_indextoname(3)` in the agent's network namespace.
-fn interface_name(ifindex: u32) -> Option<String> {
-    let mut buf = [0u8; libc::IF_NAMESIZE];
-    // SAFETY: buf has the IF_NAMESIZE bytes the call may write.
-    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
-    if p.is_null() {
-        return None;
-    }
-    let end = buf.iter().position(|&b| b == 0)?;
-    String::from_utf8(buf[..end].to_vec()).ok()
 }
 
 /// The frame as it was on the wire: `bytes`, with the offloaded VLAN tag of `header` put back after the MAC
@@ -313,7 +352,7 @@ mod tests {
             .unwrap();
         }
         w.flush().unwrap();
-        let bytes = w.writer.into_inner();
+        let bytes = w.writer.into_inner().inner;
 
         let mut r = PcapNgReader::new(&bytes[..]).unwrap();
         let mut packets = Vec::new();
@@ -352,6 +391,34 @@ mod tests {
         assert_eq!(p1.original_len, 64);
         assert_eq!(p1.options, [EnhancedPacketOption::Flags(EPB_INBOUND)]);
         assert_eq!(p2.interface_id, 1);
+    }
+
+    #[test]
+    fn an_abandoned_file_keeps_only_the_flushed_blocks() {
+        let path = std::env::temp_dir().join(format!("observer-abandon-{}.pcapng", std::process::id()));
+        let mut w = PcapngWriter::create(&path, Clock::utc_with_offset(WALL)).unwrap();
+        let h = header(1_000, DIR_EGRESS, 60);
+        let frame = [0u8; 54];
+        let packet = Packet {
+            header: &h,
+            bytes: &frame,
+            comment: None,
+        };
+        w.write(&packet).unwrap();
+        w.flush().unwrap();
+        let flushed = std::fs::metadata(&path).unwrap().len();
+        w.write(&packet).unwrap();
+        w.abandon().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(bytes.len() as u64, flushed);
+        let mut r = PcapNgReader::new(&bytes[..]).unwrap();
+        let mut blocks = 0;
+        while let Some(block) = r.next_block() {
+            block.unwrap();
+            blocks += 1;
+        }
+        assert_eq!(blocks, 2, "the interface's block and one packet");
     }
 
     #[test]

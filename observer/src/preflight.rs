@@ -82,10 +82,10 @@ pub fn missing_capabilities(caps: u64) -> Result<(), PreflightError> {
     let mut missing = Vec::new();
     // CAP_SYS_ADMIN covers CAP_BPF on every kernel.
     if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
-        missing.push("CAP_BPF");
+        missing.push("CAP_BPF (to load the eBPF programs)");
     }
     if !has(CAP_NET_ADMIN) {
-        missing.push("CAP_NET_ADMIN");
+        missing.push("CAP_NET_ADMIN (to attach them to the interface)");
     }
     if missing.is_empty() {
         Ok(())
@@ -206,6 +206,18 @@ pub fn ifindex(name: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// The name of interface `ifindex` in the agent's network namespace (`if_indextoname(3)`).
+pub fn interface_name(ifindex: u32) -> Option<String> {
+    let mut buf = [0u8; libc::IF_NAMESIZE];
+    // SAFETY: buf has the IF_NAMESIZE bytes the call may write.
+    let p = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0)?;
+    String::from_utf8(buf[..end].to_vec()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,9 +227,15 @@ mod tests {
         assert!(missing_capabilities(1 << CAP_BPF | 1 << CAP_NET_ADMIN).is_ok());
         assert!(missing_capabilities(1 << CAP_SYS_ADMIN | 1 << CAP_NET_ADMIN).is_ok());
         let e = missing_capabilities(1 << CAP_BPF).unwrap_err().to_string();
-        assert!(e.contains("missing: CAP_NET_ADMIN") && e.contains("sudo"), "{e}");
+        assert!(
+            e.contains("missing: CAP_NET_ADMIN (to attach them to the interface)") && e.contains("sudo"),
+            "{e}"
+        );
         let e = missing_capabilities(0).unwrap_err().to_string();
-        assert!(e.contains("CAP_BPF, CAP_NET_ADMIN"), "{e}");
+        assert!(
+            e.contains("missing: CAP_BPF (to load the eBPF programs), CAP_NET_ADMIN (to attach"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::{
     events::{self, Event},
     kevents,
     link::{Input, StateChange},
+    privileges,
     sockets::{
         Socket, TcpState,
         diag::{Diag, Families, Query},
@@ -288,8 +289,13 @@ async fn live(
         .map_err(|e| e.into_parts().1)
         .context("registering the ring buffer with tokio")?;
     let (mut listeners, _) = sources.refresh(&rows)?;
-    let mut tick = tokio::time::interval(Duration::from_millis(args.interval_ms.max(10)));
+    privileges::drop_all_but(privileges::Needs {
+        processes: true,
+        netlink_tc: false,
+    })?;
+    let mut tick = tokio::time::interval(Duration::from_millis(args.interval_ms));
     let mut printed = 0u64;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     loop {
         tokio::select! {
@@ -314,7 +320,7 @@ async fn live(
                 }
                 guard.clear_ready();
             }
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }

@@ -15,17 +15,20 @@ use tokio::{
 };
 
 use crate::{
-    capture::{Capture, CaptureError, Counters, Hook},
+    capture::{Capture, CaptureError, Counters, Hook, program},
     cli::{HookKind, WatchArgs},
     events::{self, Event},
+    exit::Fault,
     flows::FlowTable,
     kevents::{self, ReasonNames},
     link::{DEFAULT_HOLD_NS, Input, Linker, Output},
     neigh::{NeighError, NeighMsg, NeighSource, NeighTable},
     pcapng::{Packet, PcapngError, PcapngWriter},
     preflight,
+    privileges::{self, Needs},
     render::{Clock, Renderer},
     sockets::{Socket, TcpState, live::LiveKernel},
+    watchdog::{self, Watchdog, WatchedFilter},
 };
 
 /// How often held records are checked for release.
@@ -71,6 +74,21 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         None
     };
     capture.attach(&iface, hook)?;
+    let filters = if capture.netlink_tc() {
+        [(program::TC_INGRESS, false), (program::TC_EGRESS, true)]
+            .into_iter()
+            .filter_map(|(name, egress)| {
+                Some(WatchedFilter {
+                    program: name,
+                    prog_id: capture.program_id(name)?,
+                    egress,
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let watchdog = Watchdog::new(&iface, ifindex, filters);
     let flows = FlowTable::new(args.max_flows).with_idle_ns(args.flow_idle_secs.saturating_mul(1_000_000_000));
     let mut renderer = Renderer::new(&iface, ifindex, args.json)
         .with_clock(clock)
@@ -99,6 +117,16 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     };
 
     let mut neigh = open_neigh(ifindex);
+    let needs = Needs {
+        processes: linker.is_some(),
+        netlink_tc: capture.netlink_tc(),
+    };
+    if needs.processes
+        && let Some(note) = privileges::process_names_note()
+    {
+        eprintln!("observer: note: {note}");
+    }
+    privileges::drop_all_but(needs)?;
 
     let mut printer = Printer {
         renderer,
@@ -107,6 +135,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         limit: args.count,
         pcap,
         pcap_error: None,
+        out_error: None,
     };
     // Before the ready line: a signal that follows it must find the handlers (default SIGINT would leave
     // clsact filters behind on kernels before TCX).
@@ -126,13 +155,24 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
 
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut arp_tick = tokio::time::interval(ARP_TICK);
+    let mut watch_tick = tokio::time::interval(watchdog::EVERY);
+    let mut fault = None;
     let mut open = true;
     while open {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard.context("waiting on the ring buffer")?;
-                open = drain(guard.get_inner_mut(), linker.as_mut(), reasons.as_ref(), &mut printer);
-                guard.clear_ready();
+            guard = ring.readable_mut() => match guard {
+                Ok(mut guard) => {
+                    open = drain(guard.get_inner_mut(), linker.as_mut(), reasons.as_ref(), &mut printer);
+                    guard.clear_ready();
+                }
+                Err(e) => {
+                    fault = Some(Fault::Ring(e));
+                    open = false;
+                }
+            },
+            _ = watch_tick.tick() => {
+                fault = watchdog.check();
+                open = fault.is_none();
             }
             _ = flush.tick(), if linker.as_ref().is_some_and(|l| l.pending() > 0) => {
                 if let Some(l) = linker.as_mut() {
@@ -173,7 +213,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let mut lines = printer.renderer.finish();
     lines.extend(printer.renderer.arp_finish(boot_time_ns()));
     printer.emit_lines(lines);
-    let _ = printer.out.flush();
+    printer.flush_out();
     printer.flush_pcap();
     if let Some(logger) = logger.as_mut() {
         // Log records the loop had no turn to read.
@@ -184,9 +224,12 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         "{}",
         report(&counters, &printer.stats, linker.as_ref(), &printer.renderer)
     );
-    match printer.pcap_error.take() {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
+    // The fault that stopped the loop comes first; a closed stdout ends quietly (see `exit::status_of`).
+    match (fault, printer.pcap_error.take(), printer.out_error.take()) {
+        (Some(f), _, _) => Err(f.into()),
+        (None, Some(e), _) => Err(e.into()),
+        (None, None, Some(e)) => Err(Fault::Output(e).into()),
+        (None, None, None) => Ok(()),
     }
 }
 
@@ -281,7 +324,6 @@ struct HostStats {
     events: u64,
     kernel_lines: u64,
     decode_errors: u64,
-    output_closed: bool,
 }
 
 /// Writes lines and counts them against `--count`; with `--write`, also each wire record to the pcapng file.
@@ -293,11 +335,30 @@ struct Printer<W: Write> {
     pcap: Option<PcapngWriter>,
     /// The write error that stopped the agent.
     pcap_error: Option<PcapngError>,
+    /// The stdout error that stopped the agent (a closed pipe: the reader went away).
+    out_error: Option<io::Error>,
 }
 
 impl<W: Write> Printer<W> {
     fn done(&self) -> bool {
-        self.stats.output_closed || self.pcap_error.is_some() || self.limit.is_some_and(|n| self.stats.events >= n)
+        self.out_error.is_some() || self.pcap_error.is_some() || self.limit.is_some_and(|n| self.stats.events >= n)
+    }
+
+    /// Keeps the first stdout error; the agent stops on it.
+    fn wrote(&mut self, result: io::Result<()>) -> bool {
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                self.out_error.get_or_insert(e);
+                false
+            }
+        }
+    }
+
+    /// Flushes stdout, keeping its error.
+    fn flush_out(&mut self) {
+        let flushed = self.out.flush();
+        self.wrote(flushed);
     }
 
     /// Writes a wire record (with its header bytes) to the pcapng file, commented with the line's annotations
@@ -317,16 +378,25 @@ impl<W: Write> Printer<W> {
             comment: written.comment.as_deref(),
         };
         if let Err(e) = writer.write(&packet) {
-            self.pcap_error = Some(e);
-            self.pcap = None;
+            self.pcap_failed(e);
         }
+    }
+
+    /// Stops writing the pcapng file after `e`, keeping the whole blocks written so far.
+    fn pcap_failed(&mut self, e: PcapngError) {
+        if let Some(Err(cut)) = self.pcap.take().map(PcapngWriter::abandon) {
+            eprintln!(
+                "observer: cutting back {} after the error failed: {cut}",
+                e.path().display()
+            );
+        }
+        self.pcap_error = Some(e);
     }
 
     /// Flushes the pcapng file; a failure stops the agent.
     fn flush_pcap(&mut self) {
         if let Some(Err(e)) = self.pcap.as_mut().map(PcapngWriter::flush) {
-            self.pcap_error = Some(e);
-            self.pcap = None;
+            self.pcap_failed(e);
         }
     }
 
@@ -344,9 +414,8 @@ impl<W: Write> Printer<W> {
         if wire {
             self.write_packet(&output);
         }
-        if writeln!(self.out, "{line}").is_err() {
-            // The reader went away (`observer | head`): stop quietly.
-            self.stats.output_closed = true;
+        let written = writeln!(self.out, "{line}");
+        if !self.wrote(written) {
             return false;
         }
         if wire {
@@ -355,7 +424,7 @@ impl<W: Write> Printer<W> {
             self.stats.kernel_lines += 1;
         }
         if self.done() {
-            let _ = self.out.flush();
+            self.flush_out();
             return false;
         }
         true
@@ -368,11 +437,10 @@ impl<W: Write> Printer<W> {
             if self.done() {
                 break;
             }
-            if writeln!(self.out, "{line}").is_err() {
-                self.stats.output_closed = true;
-            }
+            let written = writeln!(self.out, "{line}");
+            self.wrote(written);
         }
-        self.stats.output_closed |= self.out.flush().is_err();
+        self.flush_out();
         !self.done()
     }
 
@@ -382,7 +450,7 @@ impl<W: Write> Printer<W> {
                 break;
             }
         }
-        self.stats.output_closed |= self.out.flush().is_err();
+        self.flush_out();
         self.flush_pcap();
         !self.done()
     }
@@ -431,7 +499,7 @@ fn drain(
             }
         }
     }
-    p.stats.output_closed |= p.out.flush().is_err();
+    p.flush_out();
     p.flush_pcap();
     !p.done()
 }

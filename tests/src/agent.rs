@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead, BufReader},
     path::PathBuf,
-    process::{Child, Stdio},
+    process::{Child, Command, Stdio},
     sync::mpsc,
     thread,
     time::Duration,
@@ -72,6 +72,53 @@ pub fn wait_bounded(child: &mut Child, limit: Duration) -> anyhow::Result<std::p
     }
 }
 
+impl From<std::process::Output> for Finished {
+    fn from(out: std::process::Output) -> Finished {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).lines().map(str::to_owned).collect();
+        Finished {
+            code: out.status.code(),
+            stdout: text(&out.stdout),
+            stderr: text(&out.stderr),
+        }
+    }
+}
+
+impl Finished {
+    /// The value printed after `name` in the exit report, e.g. `control_only_suppressed 3`.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.stderr
+            .iter()
+            .find_map(|line| {
+                let t: Vec<&str> = line
+                    .split([' ', ',', ':', '(', ')'])
+                    .filter(|t| !t.is_empty())
+                    .collect();
+                t.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no counter {name} in the report: {:#?}", self.stderr))
+    }
+}
+
+/// A command that runs `observer` in `ns`, as `prefix` (e.g. setpriv) when given; add its arguments.
+pub fn command(ns: &Netns, prefix: &[&str]) -> anyhow::Result<Command> {
+    let bin = binary()?;
+    let bin = bin.to_str().context("binary path")?;
+    Ok(match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = ns.command(first);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => ns.command(bin),
+    })
+}
+
+/// Runs `observer <args>` in `ns` (as `prefix` when given) to completion.
+pub fn run(ns: &Netns, prefix: &[&str], args: &[&str]) -> Finished {
+    let mut cmd = command(ns, prefix).expect("observer binary");
+    cmd.args(args).output().expect("running observer").into()
+}
+
 /// Reads `r` line by line on a thread; the lines arrive on the returned channel, which closes at end of file.
 pub fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
@@ -98,8 +145,12 @@ pub fn drain(rx: &mpsc::Receiver<String>) -> Vec<String> {
 impl Agent {
     /// Starts `observer <args>` in `ns` and waits until it reports that it is attached.
     pub fn start(ns: &Netns, args: &[&str]) -> anyhow::Result<Agent> {
-        let bin = binary()?;
-        let mut cmd = ns.command(bin.to_str().context("binary path")?);
+        Agent::start_as(ns, &[], args)
+    }
+
+    /// Starts `observer <args>` in `ns` as `prefix` (e.g. setpriv) and waits until it reports that it is attached.
+    pub fn start_as(ns: &Netns, prefix: &[&str], args: &[&str]) -> anyhow::Result<Agent> {
+        let mut cmd = command(ns, prefix)?;
         cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("spawning observer")?;
         let stdout = lines(child.stdout.take().context("stdout")?);
@@ -127,6 +178,11 @@ impl Agent {
         }
     }
 
+    /// The agent's process id (`ip netns exec` execs it, so this is observer itself).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits until a stdout line satisfies `pred` (or `timeout` passes) and returns the lines read so far.
     pub fn wait_for(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration, seen: &mut Vec<String>) -> bool {
         let deadline = std::time::Instant::now() + timeout;
@@ -145,11 +201,12 @@ impl Agent {
         false
     }
 
-    /// Sends `signal`, waits for exit and collects the output not yet read.
+    /// Sends `signal`, waits for exit (a stalled agent that does not end within 30 s is an error) and collects
+    /// the output not yet read.
     pub fn stop(&mut self, signal: i32) -> anyhow::Result<Finished> {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
-        self.finish()
+        self.wait_exit(crate::patient(Duration::from_secs(30)))
     }
 
     /// Waits for an agent that ends by itself (`--count`), at most `timeout`, and collects its output.
@@ -165,7 +222,7 @@ impl Agent {
     }
 
     fn finish(&mut self) -> anyhow::Result<Finished> {
-        let status = wait_bounded(&mut self.child, crate::wait())?;
+        let status = self.child.wait()?;
         let stdout = drain(&self.stdout);
         let mut stderr = std::mem::take(&mut self.stderr_seen);
         stderr.extend(drain(&self.stderr));

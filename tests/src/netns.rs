@@ -83,6 +83,40 @@ impl Netns {
         Ok(())
     }
 
+    /// Sends raw Ethernet frames out of `iface` in this namespace through an AF_PACKET socket.
+    pub fn inject(&self, iface: &str, frames: Vec<Vec<u8>>) {
+        let name = std::ffi::CString::new(iface).expect("interface name");
+        self.enter(move || {
+            // SAFETY: plain socket calls on a socket this closure owns and closes; `addr` outlives every use.
+            unsafe {
+                let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+                assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+                let mut addr: libc::sockaddr_ll = std::mem::zeroed();
+                addr.sll_family = libc::AF_PACKET as u16;
+                addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+                addr.sll_halen = 6;
+                for frame in &frames {
+                    let sent = libc::sendto(
+                        fd,
+                        frame.as_ptr().cast(),
+                        frame.len(),
+                        0,
+                        (&raw const addr).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                    );
+                    assert_eq!(
+                        sent,
+                        frame.len() as isize,
+                        "sendto: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+                libc::close(fd);
+            }
+        })
+        .expect("entering the sender namespace");
+    }
+
     /// Runs `f` on a new thread that has entered the namespace, and returns its result.
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
         self.spawn(f)?

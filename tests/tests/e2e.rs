@@ -201,20 +201,6 @@ fn stop_after(mut agent: Agent, done: impl Fn(&Event) -> bool, signal: i32) -> F
     f
 }
 
-/// The value printed after `name` in the exit report, e.g. `control_only_suppressed 3`.
-fn counter(f: &Finished, name: &str) -> u64 {
-    f.stderr
-        .iter()
-        .find_map(|line| {
-            let t: Vec<&str> = line
-                .split([' ', ',', ':', '(', ')'])
-                .filter(|t| !t.is_empty())
-                .collect();
-            t.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no counter {name} in the report: {:#?}", f.stderr))
-}
-
 /// Exit 0 after SIGINT/SIGTERM, the detach line, no drops, no malformed frames, no decode errors, and every
 /// record the kernel emitted printed on stdout.
 fn assert_clean_exit(f: &Finished, iface: &str) {
@@ -464,8 +450,8 @@ fn xdp_hook_sees_ingress() {
         find(&ev, reply + 1, "server FIN", |e| {
             e.is("in", "FIN, ACK", M + 1, Some(N + 2), 0)
         });
-        assert!(counter(&f, "xdp") >= ev.len() as u64, "{f:#?}");
-        assert_eq!((counter(&f, "ingress"), counter(&f, "egress")), (0, 0), "{f:#?}");
+        assert!(f.counter("xdp") >= ev.len() as u64, "{f:#?}");
+        assert_eq!((f.counter("ingress"), f.counter("egress")), (0, 0), "{f:#?}");
         let left = attached_after_exit(&pair.a, &pair.a_if);
         assert!(left.is_empty(), "{mode}: still attached after exit: {left:?}");
     }
@@ -514,7 +500,7 @@ fn control_only_keeps_control_segments() {
         assert!(control || handshake_ack || answers_fin, "not a control segment: {e:?}");
     }
     // Each round's request and reply at least.
-    assert!(counter(&f, "control_only_suppressed") >= 2 * rounds as u64, "{f:#?}");
+    assert!(f.counter("control_only_suppressed") >= 2 * rounds as u64, "{f:#?}");
 }
 
 /// `--port` keeps the port-22 connection and ARP but not a connection to port 2222; `--host` keeps the
@@ -555,7 +541,7 @@ fn filters_by_port_and_host() {
         .filter(|e| e.proto == "TCP" && e.ports().0 != PORT && e.ports().1 != PORT)
         .collect();
     assert!(leaked.is_empty(), "--port 22 printed other ports: {leaked:#?}");
-    assert!(counter(&f, "filtered") > 0, "{f:#?}");
+    assert!(f.counter("filtered") > 0, "{f:#?}");
 
     let agent = Agent::start(&pair.a, &["--iface", &pair.a_if, "--host", other]).expect("starting observer");
     talk(&pair, &b, PORT, 1);
@@ -580,32 +566,12 @@ fn filters_by_port_and_host() {
         })
         .collect();
     assert!(leaked.is_empty(), "--host {other} printed other hosts: {leaked:#?}");
-    assert!(counter(&f, "filtered") > 0, "{f:#?}");
-}
-
-/// Runs `observer <args>` in `ns` (as `prefix`, e.g. setpriv, when given) to completion.
-fn run_to_end(ns: &Netns, prefix: &[&str], args: &[&str]) -> Finished {
-    let bin = agent::binary().expect("observer binary");
-    let bin = bin.to_str().expect("binary path");
-    let mut cmd = match prefix.split_first() {
-        Some((first, rest)) => {
-            let mut c = ns.command(first);
-            c.args(rest).arg(bin);
-            c
-        }
-        None => ns.command(bin),
-    };
-    let out = cmd.args(args).output().expect("running observer");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).lines().map(str::to_owned).collect();
-    Finished {
-        code: out.status.code(),
-        stdout: text(&out.stdout),
-        stderr: text(&out.stderr),
-    }
+    assert!(f.counter("filtered") > 0, "{f:#?}");
 }
 
 /// Mistakes get one line on stderr and a non-zero exit, never a panic: an unknown interface (the line lists the
-/// real ones), missing privileges (names the capabilities and sudo), too many `--port`.
+/// real ones), missing privileges (names the capabilities and sudo), too many `--port`, values that make no
+/// sense (a port, a flow table, a count or an interval of 0).
 #[test]
 fn errors_are_one_line_and_non_zero() {
     const NAME: &str = "errors_are_one_line_and_non_zero";
@@ -622,7 +588,7 @@ fn errors_are_one_line_and_non_zero() {
         .collect();
     // (what, run as, arguments, words the one stderr line must contain)
     type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], &'a [&'a str]);
-    let cases: [Case; 3] = [
+    let cases: [Case; 7] = [
         (
             "unknown interface",
             &[],
@@ -633,12 +599,35 @@ fn errors_are_one_line_and_non_zero() {
             "unprivileged",
             &nobody,
             &["--iface", "lo"],
-            &["CAP_BPF", "CAP_NET_ADMIN", "sudo"],
+            &[
+                "CAP_BPF (to load the eBPF programs)",
+                "CAP_NET_ADMIN (to attach them to the interface)",
+                "sudo",
+            ],
         ),
         ("nine --port", &[], &nine_ports, &["at most 8", "--port", "got 9"]),
+        ("--port 0", &[], &["--port", "0"], &["'--port <PORT>'", "at least 1"]),
+        (
+            "--max-flows 0",
+            &[],
+            &["--max-flows", "0"],
+            &["'--max-flows <N>'", "at least 1"],
+        ),
+        (
+            "--count 0",
+            &[],
+            &["watch", "--count", "0"],
+            &["'--count <N>'", "at least 1"],
+        ),
+        (
+            "queues --interval-ms 0",
+            &[],
+            &["queues", "--interval-ms", "0"],
+            &["'--interval-ms <MS>'", "at least 10"],
+        ),
     ];
     for (what, prefix, args, words) in cases {
-        let f = run_to_end(&ns, prefix, args);
+        let f = agent::run(&ns, prefix, args);
         assert!(f.code.is_some_and(|c| c != 0), "{what}: {f:#?}");
         assert_eq!(f.stderr.len(), 1, "{what}: expected one stderr line: {f:#?}");
         let line = &f.stderr[0];
@@ -668,7 +657,7 @@ fn sigkill_leaves_nothing_attached() {
 
     if !require::kernel_supports(NAME, 6, 6, "TCX links") {
         // The documented answer on an older kernel: one line naming the feature and the fallback.
-        let f = run_to_end(ns, &[], &["--iface", iface, "--tc-attach", "tcx"]);
+        let f = agent::run(ns, &[], &["--iface", iface, "--tc-attach", "tcx"]);
         assert_eq!(f.code, Some(1), "{f:#?}");
         assert!(
             f.stderr
@@ -734,43 +723,9 @@ fn sigterm_detaches_and_reports() {
     find(&events(&f), 0, "final ACK", |e| {
         e.is("out", "ACK", N + 2, Some(M + 2), 0)
     });
-    assert!(counter(&f, "ingress") > 0 && counter(&f, "egress") > 0, "{f:#?}");
+    assert!(f.counter("ingress") > 0 && f.counter("egress") > 0, "{f:#?}");
     let left = attached_after_exit(&pair.a, &pair.a_if);
     assert!(left.is_empty(), "still attached after SIGTERM: {left:?}");
-}
-
-/// Sends raw Ethernet frames out of `iface` in `ns` through an AF_PACKET socket.
-fn inject(ns: &Netns, iface: &str, frames: Vec<Vec<u8>>) {
-    let name = std::ffi::CString::new(iface).expect("interface name");
-    ns.enter(move || {
-        // SAFETY: plain socket calls on a socket this closure owns and closes; `addr` outlives every use.
-        unsafe {
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
-            addr.sll_halen = 6;
-            for frame in &frames {
-                let sent = libc::sendto(
-                    fd,
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                assert_eq!(
-                    sent,
-                    frame.len() as isize,
-                    "sendto: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-            libc::close(fd);
-        }
-    })
-    .expect("entering the sender namespace");
 }
 
 /// VLAN ids reach the record both ways a tag can arrive. At TC ingress the kernel has already moved the
@@ -792,7 +747,8 @@ fn vlan_ids_at_tc_and_xdp() {
             &["--iface", &pair.a_if, "--hook", hook, "--json", "--write", &write],
         )
         .expect("starting observer");
-        inject(&pair.b, &pair.b_if, vec![oracle::vlan_tcp(), oracle::double_vlan_tcp()]);
+        pair.b
+            .inject(&pair.b_if, vec![oracle::vlan_tcp(), oracle::double_vlan_tcp()]);
         let mut seen = Vec::new();
         // The double-tagged frame is sent last: once it is printed, the other one has passed the hook too.
         agent.wait_for(|l| l.contains(r#""vlan":[200,100]"#), tests::wait(), &mut seen);
@@ -861,4 +817,41 @@ fn count_and_ebpf_log() {
         logs.iter().all(|l| l.starts_with("[DEBUG observer] ")),
         "only the programs' logs: {logs:#?}"
     );
+}
+
+/// Two observers on one interface both see the whole connection, and the first one's exit leaves the second
+/// attached and seeing the next connection.
+#[test]
+fn two_observers_on_one_interface() {
+    const NAME: &str = "two_observers_on_one_interface";
+    if !require::root(NAME) {
+        return;
+    }
+    let pair = Pair::new("two", 211).expect("namespaces");
+    let args = ["--iface", pair.a_if.as_str()];
+    let first = Agent::start(&pair.a, &args).expect("starting the first observer");
+    let mut second = Agent::start(&pair.a, &args).expect("starting the second observer");
+    talk(&pair, &pair.b_addr, PORT, 1);
+    let last_ack = |e: &Event| e.is("out", "ACK", N + 2, Some(M + 2), 0);
+    let f = stop_after(first, last_ack, libc::SIGINT);
+    assert_clean_exit(&f, &pair.a_if);
+    find(&events(&f), 0, "the first's SYN", |e| e.is("out", "SYN", 0, None, 0));
+    let mut seen = Vec::new();
+    assert!(
+        second.wait_for(|l| parse(l).is_some_and(|e| last_ack(&e)), tests::wait(), &mut seen),
+        "the second observer saw the first connection: {seen:#?}"
+    );
+    let syns = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| parse(l).is_some_and(|e| e.is("out", "SYN", 0, None, 0)))
+            .count()
+    };
+    assert_eq!(syns(&seen), 1, "{seen:#?}");
+    talk(&pair, &pair.b_addr, PORT + 1, 1);
+    let mut f = stop_after(second, last_ack, libc::SIGINT);
+    seen.append(&mut f.stdout);
+    f.stdout = seen;
+    assert_clean_exit(&f, &pair.a_if);
+    assert_eq!(syns(&f.stdout), 2, "the second observer saw both connections: {f:#?}");
 }

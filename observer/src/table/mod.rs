@@ -192,11 +192,10 @@ pub fn run_netstat(args: &NetstatArgs) -> anyhow::Result<()> {
         })
     };
     let mut stdout = io::stdout().lock();
-    match stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()) {
-        // A closed pipe (`| head`) ends the listing quietly, as it ends netstat's.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
-        other => other.context("writing to stdout"),
-    }
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("writing to stdout")
 }
 
 #[cfg(test)]
