@@ -63,6 +63,7 @@ const FRESH: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     ("tc", "iproute2"),
     ("timeout", "coreutils"),
+    ("umount", "mount"),
     ("rustup", "(rustup, not a Debian package)"),
 ];
 
