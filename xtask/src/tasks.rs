@@ -134,7 +134,7 @@ fn guest_tests(spec: &vm::Spec) -> Result<Option<bool>> {
     );
     let started = std::time::Instant::now();
     let work = target.join("kernels").join(format!("work-{}", kernel.package));
-    let outcome = vm::boot(&kernel, &work, &script, GUEST_TIMEOUT)?;
+    let outcome = vm::boot(&kernel, &trees(&target), &work, &script, GUEST_TIMEOUT)?;
     let verdict = if outcome.status == 0 { "passed" } else { "FAILED" };
     println!(
         "test: kernel {spec} ({}, {}): {verdict} in {:.0} s",
@@ -143,6 +143,17 @@ fn guest_tests(spec: &vm::Spec) -> Result<Option<bool>> {
         started.elapsed().as_secs_f64()
     );
     Ok(Some(outcome.status == 0))
+}
+
+/// The directories a guest must see at their own paths: the workspace and, when it lies elsewhere, the target
+/// directory.
+fn trees(target: &Path) -> Vec<&Path> {
+    let root = cmd::workspace_root();
+    let mut trees = vec![root];
+    if !target.starts_with(root) {
+        trees.push(target);
+    }
+    trees
 }
 
 /// The tests crate's test binaries (name, path), built.
@@ -278,7 +289,7 @@ pub fn bench(kernel: Option<&str>, args: &[OsString]) -> Result<()> {
         target.join("release").join("bench").display()
     );
     let work = target.join("kernels").join(format!("work-{}", kernel.package));
-    let outcome = vm::boot(&kernel, &work, &script, GUEST_TIMEOUT)?;
+    let outcome = vm::boot(&kernel, &trees(&target), &work, &script, GUEST_TIMEOUT)?;
     println!("bench: kernel {spec} ({}, {})", kernel.release, outcome.accel);
     if outcome.status != 0 {
         bail!("the bench failed on kernel {spec} (exit {})", outcome.status);

@@ -160,8 +160,12 @@ impl Kernel {
         self.root().join("boot").join(format!("vmlinuz-{}", self.release))
     }
 
+    /// The initramfs, named after the init it holds, so that a changed init builds a new one.
     fn initrd(&self) -> PathBuf {
-        self.dir.join("initrd.cpio.gz")
+        let fnv = INIT.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        self.dir.join(format!("initrd-{fnv:016x}.cpio.gz"))
     }
 }
 
@@ -300,11 +304,14 @@ pub struct Outcome {
 }
 
 /// Boots `kernel`, runs `script` (sh) as root in `work` (a writable directory shared at its host path) with the
-/// host's `/` read-only, and returns the script's exit status. The guest's output goes to this stdout.
-pub fn boot(kernel: &Kernel, work: &Path, script: &str, timeout: Duration) -> Result<Outcome> {
+/// host's `/` read-only and `trees` read-only at their own paths too (the guest's /tmp is its own: a tree under
+/// the host's /tmp would be hidden), and returns the script's exit status. The guest's output goes to this
+/// stdout.
+pub fn boot(kernel: &Kernel, trees: &[&Path], work: &Path, script: &str, timeout: Duration) -> Result<Outcome> {
     fs::create_dir_all(work)?;
-    let accel = accelerator(kernel, work)?;
-    let status = boot_with(kernel, work, script, timeout, accel, true)?.with_context(|| {
+    let shares = Shares::new(kernel, trees, work)?;
+    let accel = accelerator(kernel, &shares)?;
+    let status = boot_with(kernel, &shares, script, timeout, accel, true)?.with_context(|| {
         format!(
             "the {} guest ended without an exit status (it crashed, or ran past {} s)",
             kernel.release,
@@ -314,8 +321,44 @@ pub fn boot(kernel: &Kernel, work: &Path, script: &str, timeout: Duration) -> Re
     Ok(Outcome { status, accel })
 }
 
+/// What the guest mounts: (tag, host directory, read-only), in mount order; the work directory last.
+struct Shares(Vec<(String, PathBuf, bool)>);
+
+impl Shares {
+    fn new(kernel: &Kernel, trees: &[&Path], work: &Path) -> Result<Self> {
+        let mut shares = vec![
+            ("hostroot".to_owned(), PathBuf::from("/"), true),
+            ("mods".to_owned(), kernel.modules(), true),
+        ];
+        for (i, tree) in trees.iter().enumerate() {
+            shares.push((format!("tree{i}"), tree.canonicalize()?, true));
+        }
+        shares.push(("work".to_owned(), work.canonicalize()?, false));
+        for (_, dir, _) in &shares {
+            let text = dir.to_str().context("a shared path is not UTF-8")?;
+            if text.contains([',', ' ', ':']) {
+                bail!("{text}: the kernel matrix cannot share a path with a comma, space or colon");
+            }
+        }
+        Ok(Shares(shares))
+    }
+
+    fn work(&self) -> &Path {
+        &self.0.last().expect("the work share").1
+    }
+
+    /// The `vmmounts=` the guest's init mounts after the host's `/` and the modules.
+    fn mounts(&self) -> String {
+        self.0[2..]
+            .iter()
+            .map(|(tag, dir, ro)| format!("{tag}:{}:{}", if *ro { "ro" } else { "rw" }, dir.display()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// `kvm` when the kernel boots under KVM here (probed once per kernel), else `tcg`.
-fn accelerator(kernel: &Kernel, work: &Path) -> Result<&'static str> {
+fn accelerator(kernel: &Kernel, shares: &Shares) -> Result<&'static str> {
     let cached = kernel.dir.join("accel");
     match fs::read_to_string(&cached).as_deref().map(str::trim) {
         Ok("kvm") => return Ok("kvm"),
@@ -323,7 +366,7 @@ fn accelerator(kernel: &Kernel, work: &Path) -> Result<&'static str> {
         _ => {}
     }
     let kvm_usable = fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
-    let accel = if kvm_usable && boot_with(kernel, work, "exit 0", KVM_PROBE, "kvm", false)? == Some(0) {
+    let accel = if kvm_usable && boot_with(kernel, shares, "exit 0", KVM_PROBE, "kvm", false)? == Some(0) {
         "kvm"
     } else {
         "tcg"
@@ -335,12 +378,13 @@ fn accelerator(kernel: &Kernel, work: &Path) -> Result<&'static str> {
 /// One boot; `None` when the guest wrote no exit status (killed at `timeout`).
 fn boot_with(
     kernel: &Kernel,
-    work: &Path,
+    shares: &Shares,
     script: &str,
     timeout: Duration,
     accel: &str,
     show: bool,
 ) -> Result<Option<i32>> {
+    let work = shares.work();
     let exit_file = work.join(".vm-exit");
     let _ = fs::remove_file(&exit_file);
     fs::write(work.join(".vm-cmd.sh"), script)?;
@@ -376,23 +420,19 @@ fn boot_with(
     .arg(kernel.initrd())
     .arg("-append")
     .arg(format!(
-        "console=ttyS0 quiet loglevel=1 panic=-1 vmwork={work_str} vmfs={}",
-        kernel.share.name()
+        "console=ttyS0 quiet loglevel=1 panic=-1 vmwork={work_str} vmfs={} vmmounts={}",
+        kernel.share.name(),
+        shares.mounts()
     ))
     .stdin(Stdio::null());
     if !show {
         qemu.stdout(Stdio::null()).stderr(Stdio::null());
     }
-    let shares = [
-        ("hostroot", PathBuf::from("/")),
-        ("mods", kernel.modules()),
-        ("work", work.to_path_buf()),
-    ];
     let mut daemons = Daemons(Vec::new());
     match kernel.share {
         Share::NineP => {
-            for (tag, dir) in &shares {
-                let readonly = if *tag == "work" { "" } else { ",readonly=on" };
+            for (tag, dir, ro) in &shares.0 {
+                let readonly = if *ro { ",readonly=on" } else { "" };
                 qemu.arg("-fsdev")
                     .arg(format!(
                         "local,id={tag},path={},security_model=none,multidevs=remap{readonly}",
@@ -408,7 +448,7 @@ fn boot_with(
                 "-numa",
                 "node,memdev=mem",
             ]);
-            for (tag, dir) in &shares {
+            for (tag, dir, _) in &shares.0 {
                 let socket = work.join(format!(".vm-{tag}.sock"));
                 let _ = fs::remove_file(&socket);
                 let daemon = Command::new(VIRTIOFSD)
