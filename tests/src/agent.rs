@@ -1,12 +1,16 @@
 //! Runs the real `observer` binary inside a namespace and collects what it prints.
 
 use std::{
-    io::{BufRead, BufReader},
-    path::PathBuf,
+    io::{BufRead, BufReader, Read as _},
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -31,6 +35,35 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     if !path.is_file() {
         bail!(
             "{} is missing: build it first with `cargo build -p observer` (cargo xtask test does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Path of the observer binary beside the running bench or soak binary (target/<profile>/), rebuilt first from
+/// the same sources when run through cargo.
+pub fn beside_exe() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("OBSERVER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("locating the running binary")?;
+    let dir = exe.parent().context("the running binary's directory")?;
+    if let (Some(cargo), Some(manifest)) = (std::env::var_os("CARGO"), std::env::var_os("CARGO_MANIFEST_DIR")) {
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "observer", "--manifest-path"])
+            .arg(PathBuf::from(manifest).join("Cargo.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if dir.file_name().is_some_and(|d| d == "release") {
+            cmd.arg("--release");
+        }
+        crate::netns::run(&mut cmd).context("building the observer binary")?;
+    }
+    let path = dir.join("observer");
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build it with `cargo build --release -p observer` or set OBSERVER_BIN",
             path.display()
         );
     }
@@ -83,19 +116,30 @@ impl From<std::process::Output> for Finished {
     }
 }
 
+/// The words of an exit report line, without its punctuation.
+fn words(line: &str) -> Vec<&str> {
+    line.split([' ', ',', ':', '(', ')'])
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
 impl Finished {
     /// The value printed after `name` in the exit report, e.g. `control_only_suppressed 3`.
     pub fn counter(&self, name: &str) -> u64 {
         self.stderr
             .iter()
             .find_map(|line| {
-                let t: Vec<&str> = line
-                    .split([' ', ',', ':', '(', ')'])
-                    .filter(|t| !t.is_empty())
-                    .collect();
+                let t = words(line);
                 t.windows(2).find(|w| w[0] == name).and_then(|w| w[1].parse().ok())
             })
             .unwrap_or_else(|| panic!("no counter {name} in the report: {:#?}", self.stderr))
+    }
+
+    /// The number printed before `word` on the report line that starts with `prefix`, e.g.
+    /// `count_before("socket events:", "lost")` of `socket events: 6 emitted, 0 lost (ring full)`.
+    pub fn count_before(&self, prefix: &str, word: &str) -> Option<u64> {
+        let line = self.stderr.iter().find(|l| l.starts_with(prefix))?;
+        words(line).windows(2).find(|w| w[1] == word)?[0].parse().ok()
     }
 }
 
@@ -231,6 +275,120 @@ impl Agent {
             stdout,
             stderr,
         })
+    }
+}
+
+/// A running agent whose stdout is read and counted, not kept: for runs that print more than a test could hold.
+pub struct Drained {
+    child: Child,
+    lines: Arc<AtomicU64>,
+    stdout: Option<thread::JoinHandle<()>>,
+    stderr: mpsc::Receiver<String>,
+    stderr_seen: Vec<String>,
+    /// How long it took from the spawn to its first stdout byte or its attached line.
+    pub ready_after: Duration,
+}
+
+impl Drained {
+    /// Starts `bin <args>` in `ns` (through `ip netns exec`, which execs it under the same pid) and waits, at most
+    /// `limit`, for its first stdout byte or its attached line.
+    pub fn start(ns: &Netns, bin: &Path, args: &[&str], limit: Duration) -> anyhow::Result<Drained> {
+        let mut cmd = ns.command(bin.to_str().context("binary path")?);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let start = Instant::now();
+        let mut child = cmd.spawn().context("spawning observer")?;
+        let mut out = child.stdout.take().context("stdout")?;
+        let stderr = lines(child.stderr.take().context("stderr")?);
+        let lines = Arc::new(AtomicU64::new(0));
+        let (tx, first) = mpsc::channel();
+        let counted = Arc::clone(&lines);
+        let stdout = thread::spawn(move || {
+            let mut buf = vec![0; 1 << 16];
+            let mut told = false;
+            while let Ok(n @ 1..) = out.read(&mut buf) {
+                let newlines = buf[..n].iter().filter(|&&b| b == b'\n').count();
+                counted.fetch_add(newlines as u64, Ordering::Relaxed);
+                if !told {
+                    told = tx.send(()).is_ok();
+                }
+            }
+        });
+        let mut agent = Drained {
+            child,
+            lines,
+            stdout: Some(stdout),
+            stderr,
+            stderr_seen: Vec::new(),
+            ready_after: Duration::ZERO,
+        };
+        loop {
+            if first.try_recv().is_ok() {
+                break;
+            }
+            match agent.stderr.recv_timeout(Duration::from_millis(20)) {
+                Ok(line) => {
+                    let ready = line.starts_with(READY);
+                    agent.stderr_seen.push(line);
+                    if ready {
+                        break;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("observer exited: {}", agent.first_lines())
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) if start.elapsed() > limit => {
+                    bail!("observer printed nothing within {limit:?}: {}", agent.first_lines())
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+        agent.ready_after = start.elapsed();
+        Ok(agent)
+    }
+
+    /// The first stderr lines, which say why it failed (a backtrace after them is not wanted).
+    fn first_lines(&self) -> String {
+        self.stderr_seen.iter().take(3).cloned().collect::<Vec<_>>().join(" | ")
+    }
+
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lines printed on stdout so far.
+    pub fn lines(&self) -> u64 {
+        self.lines.load(Ordering::Relaxed)
+    }
+
+    /// Sends `signal`, waits for exit (killing it after 30 s) and collects stderr; stdout stays empty, its lines
+    /// are in [`Drained::lines`].
+    pub fn stop(&mut self, signal: i32) -> anyhow::Result<Finished> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let status = wait_bounded(&mut self.child, crate::patient(Duration::from_secs(30)))?;
+        if let Some(stdout) = self.stdout.take() {
+            let _ = stdout.join();
+        }
+        let mut stderr = std::mem::take(&mut self.stderr_seen);
+        stderr.extend(drain(&self.stderr));
+        Ok(Finished {
+            code: status.code(),
+            stdout: Vec::new(),
+            stderr,
+        })
+    }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 

@@ -5,6 +5,7 @@ pub mod conns;
 pub mod kernel;
 pub mod netns;
 pub mod oracle;
+pub mod procstat;
 pub mod require;
 pub mod traffic;
 pub mod tshark;

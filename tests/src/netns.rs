@@ -63,6 +63,21 @@ impl Netns {
         cmd
     }
 
+    /// Packets received and sent by `iface` in this namespace, from its /sys/class/net/<iface>/statistics
+    /// counters (read through `ip netns exec`, which mounts the namespace's own sysfs).
+    pub fn link_packets(&self, iface: &str) -> anyhow::Result<(u64, u64)> {
+        let dir = format!("/sys/class/net/{iface}/statistics");
+        let out = run(self
+            .command("cat")
+            .arg(format!("{dir}/rx_packets"))
+            .arg(format!("{dir}/tx_packets")))?;
+        let mut values = out.split_whitespace().map(str::parse::<u64>);
+        match (values.next(), values.next()) {
+            (Some(Ok(rx)), Some(Ok(tx))) => Ok((rx, tx)),
+            _ => bail!("{dir}: unexpected counters {:?}", out.trim()),
+        }
+    }
+
     /// Drops, in this namespace's output path, every pure ACK to `dport`: a client here never completes its
     /// handshakes with that port, so the server keeps half-open request socks (and retransmits its SYN-ACKs).
     pub fn drop_final_acks(&self, dport: u16) -> anyhow::Result<()> {

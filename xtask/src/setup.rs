@@ -57,6 +57,7 @@ const FRESH: &[(&str, &str)] = &[
     ("xz", "xz-utils"),
     ("zstd", "zstd"),
     ("mount", "mount"),
+    ("umount", "mount"),
     ("nstat", "iproute2"),
     ("setpriv", "util-linux"),
     ("sh", "dash"),

@@ -1,4 +1,4 @@
-//! The build, run, test and bench tasks; each runs `setup` first.
+//! The build, run, test, bench and soak tasks; each runs `setup` first.
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -295,4 +295,14 @@ pub fn bench(kernel: Option<&str>, args: &[OsString]) -> Result<()> {
         bail!("the bench failed on kernel {spec} (exit {})", outcome.status);
     }
     Ok(())
+}
+
+/// Builds observer and the tests crate's soak binary (release), then replaces this process with a soak of
+/// `minutes`.
+pub fn soak(minutes: u32) -> Result<()> {
+    setup()?;
+    build_observer(true)?;
+    run_cmd(cargo().args(["build", "--release", "-p", "tests", "--bin", "soak"]))?;
+    let binary = target_dir()?.join("release").join("soak");
+    cmd::exec(Command::new(binary).args(["--minutes", &minutes.to_string()]))
 }

@@ -6,10 +6,7 @@
 //! Every figure is a median over rounds that interleave the sources, so a noisy moment hits all of them.
 
 use std::{
-    io::Read as _,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -20,7 +17,12 @@ use observer::sockets::{
     diag::{Diag, Query},
     procfs, tcpext,
 };
-use tests::{agent, conns::Conns, netns::Netns};
+use tests::{
+    agent::{self, Drained},
+    conns::Conns,
+    netns::Netns,
+    procstat,
+};
 
 /// A full table at most this fraction of `ss -tan`'s time.
 const TABLE_GOAL: f64 = 0.3;
@@ -308,48 +310,6 @@ fn verdict(met: bool, goal: &str) -> String {
     format!("{goal}: {}", if met { "met" } else { "MISSED" })
 }
 
-/// Path of the release (or debug) observer binary beside this one, rebuilt first when run through cargo.
-fn agent_binary() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("OBSERVER_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe().context("locating the bench binary")?;
-    let dir = exe.parent().context("the bench binary's directory")?;
-    // Under `cargo run` (cargo xtask bench) make sure the agent is built from the same sources.
-    if let (Some(cargo), Some(manifest)) = (std::env::var_os("CARGO"), std::env::var_os("CARGO_MANIFEST_DIR")) {
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "observer", "--manifest-path"])
-            .arg(PathBuf::from(manifest).join("Cargo.toml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if dir.file_name().is_some_and(|d| d == "release") {
-            cmd.arg("--release");
-        }
-        tests::netns::run(&mut cmd).context("building the observer binary")?;
-    }
-    let path = dir.join("observer");
-    if !path.is_file() {
-        bail!(
-            "{} is missing: build it with `cargo build --release -p observer` or set OBSERVER_BIN",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// A running agent, killed on drop.
-struct Running {
-    child: Child,
-    stderr: mpsc::Receiver<String>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// What one agent cost.
 struct AgentCost {
     ready_after: Duration,
@@ -359,115 +319,35 @@ struct AgentCost {
     hwm_kib: u64,
 }
 
-/// Starts `observer <args>` in `ns` (through `ip netns exec`, which execs it under the same pid), waits for its
-/// first line, lets it settle, then samples its CPU time over an idle window and reads its memory.
+/// Starts `observer <args>` in `ns`, waits for its first line, lets it settle, then samples its CPU time over an
+/// idle window and reads its memory.
 fn agent_cost(ns: &Netns, bin: &std::path::Path, args: &[&str]) -> anyhow::Result<AgentCost> {
-    let mut cmd = ns.command(bin.to_str().context("binary path")?);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = cmd.spawn().context("spawning observer")?;
-    let (tx, first) = mpsc::channel();
-    let mut stdout = child.stdout.take().context("stdout")?;
-    thread::spawn(move || {
-        // The first byte on stdout means the first view is out; the rest is read and thrown away.
-        let mut buf = vec![0; 1 << 16];
-        let mut told = false;
-        while let Ok(n @ 1..) = stdout.read(&mut buf) {
-            if !told {
-                told = tx.send(n).is_ok();
-            }
-        }
-    });
-    let stderr = agent::lines(child.stderr.take().context("stderr")?);
-    let running = Running { child, stderr };
-    let mut seen = Vec::new();
-    let ready_after = loop {
-        if first.try_recv().is_ok() {
-            break start.elapsed();
-        }
-        match running.stderr.recv_timeout(Duration::from_millis(20)) {
-            Ok(line) if line.starts_with(agent::READY) => break start.elapsed(),
-            // The first lines say why it failed; a backtrace after them is not for this table.
-            Ok(line) if seen.len() < 3 => seen.push(line),
-            Ok(_) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("observer exited: {}", seen.join(" | ")),
-            Err(mpsc::RecvTimeoutError::Timeout) if start.elapsed() > AGENT_START => {
-                bail!("observer printed nothing within {AGENT_START:?}: {}", seen.join(" | "))
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-        }
-    };
+    let running = Drained::start(ns, bin, args, AGENT_START)?;
     thread::sleep(SETTLE);
-    let pid = running.child.id();
-    let comm = read_proc(pid, "comm")?;
+    let pid = running.pid();
+    let comm = procstat::read(pid, "comm")?;
     if comm.trim() != "observer" {
         bail!("pid {pid} is {:?}, not observer (did ip netns exec fork?)", comm.trim());
     }
-    let (cpu0, stat0, t0) = (cpu_ns(pid)?, stat_ticks(pid)?, Instant::now());
+    let (cpu0, stat0, t0) = (procstat::cpu_ns(pid)?, procstat::cpu_ms(pid)?, Instant::now());
     thread::sleep(IDLE_WINDOW);
-    let (cpu1, stat1, secs) = (cpu_ns(pid)?, stat_ticks(pid)?, t0.elapsed().as_secs_f64());
-    let status = read_proc(pid, "status")?;
-    let kib = |field: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .with_context(|| format!("{field} in /proc/{pid}/status"))
-    };
-    let ticks_per_s = procfs::clock_ticks_per_second() as f64;
+    let (cpu1, stat1, secs) = (
+        procstat::cpu_ns(pid)?,
+        procstat::cpu_ms(pid)?,
+        t0.elapsed().as_secs_f64(),
+    );
     Ok(AgentCost {
-        ready_after,
+        ready_after: running.ready_after,
         cpu_ms_per_s: cpu1.saturating_sub(cpu0) as f64 / 1e6 / secs,
-        stat_ms_per_s: stat1.saturating_sub(stat0) as f64 * 1e3 / ticks_per_s / secs,
-        rss_kib: kib("VmRSS:")?,
-        hwm_kib: kib("VmHWM:")?,
+        stat_ms_per_s: (stat1 - stat0) / secs,
+        rss_kib: procstat::status_kib(pid, "VmRSS:")?,
+        hwm_kib: procstat::status_kib(pid, "VmHWM:")?,
     })
-}
-
-fn read_proc(pid: u32, file: &str) -> anyhow::Result<String> {
-    let path = format!("/proc/{pid}/{file}");
-    std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))
-}
-
-/// utime + stime in clock ticks, from /proc/<pid>/stat (fields 14 and 15, counted after the `(comm)`).
-fn stat_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = read_proc(pid, "stat")?;
-    let rest = stat.rsplit_once(')').context("no `)` in /proc/<pid>/stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |i: usize| -> anyhow::Result<u64> {
-        fields
-            .get(i)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("field {} of /proc/{pid}/stat", i + 3))
-    };
-    // `rest` starts at field 3 (state): utime is field 14, stime 15.
-    Ok(field(11)? + field(12)?)
-}
-
-/// Nanoseconds on CPU of every live thread, from /proc/<pid>/task/*/schedstat (finer than the stat ticks).
-fn cpu_ns(pid: u32) -> anyhow::Result<u64> {
-    let dir = format!("/proc/{pid}/task");
-    let mut total = 0;
-    for task in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
-        let path = task?.path().join("schedstat");
-        // A thread that exited since the listing has no file any more.
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            total += text
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
-    }
-    Ok(total)
 }
 
 /// The agent rows: `observer queues` (when this build has it) and `observer watch -i lo`.
 fn agents(conns: &Conns) -> anyhow::Result<()> {
-    let bin = agent_binary()?;
+    let bin = agent::beside_exe()?;
     let help = tests::netns::run(Command::new(&bin).arg("--help")).context("observer --help")?;
     let mut runs: Vec<&[&str]> = Vec::new();
     if help.lines().any(|l| l.split_whitespace().next() == Some("queues")) {
