@@ -150,6 +150,34 @@ fn load_hint(e: &EbpfError) -> &'static str {
     }
 }
 
+/// The ids of the BPF programs some live process holds an fd of (`/proc/<pid>/fdinfo`), a filter's own hold
+/// aside.
+fn held_programs() -> std::collections::HashSet<u32> {
+    let mut held = std::collections::HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return held;
+    };
+    for pid in procs
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+    {
+        let Ok(fds) = std::fs::read_dir(pid.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:bpf-prog") {
+                let info = std::fs::read_to_string(pid.path().join("fdinfo").join(fd.file_name())).unwrap_or_default();
+                held.extend(
+                    info.lines()
+                        .filter_map(|l| l.strip_prefix("prog_id:"))
+                        .filter_map(|id| id.trim().parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    held
+}
+
 /// The loaded programs and their maps.
 pub struct Capture {
     pub(crate) ebpf: Ebpf,
@@ -293,10 +321,18 @@ impl Capture {
                 });
             }
         }
-        for (name, kind) in [
-            (program::TC_INGRESS, TcAttachType::Ingress),
-            (program::TC_EGRESS, TcAttachType::Egress),
+        // A filter of ours whose program a live process holds belongs to another observer on this interface
+        // (it removes its own at exit): those are left alone, and with them any stale one of the same name.
+        let held = held_programs();
+        let ifindex = crate::preflight::ifindex(iface);
+        for (name, kind, egress) in [
+            (program::TC_INGRESS, TcAttachType::Ingress, false),
+            (program::TC_EGRESS, TcAttachType::Egress, true),
         ] {
+            let filters = crate::rtnl::bpf_filters(ifindex, egress).unwrap_or_default();
+            if filters.iter().any(|(n, id)| n.starts_with(name) && held.contains(id)) {
+                continue;
+            }
             // Nothing to remove is the usual case.
             let _ = tc::qdisc_detach_program(iface, kind, name);
         }

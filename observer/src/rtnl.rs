@@ -4,7 +4,10 @@
 use std::io;
 
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload};
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::{
+    RouteNetlinkMessage,
+    tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
+};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 /// Receive buffer for one datagram of netlink messages.
@@ -97,4 +100,38 @@ impl DumpError {
     pub fn call(call: &'static str) -> impl FnOnce(io::Error) -> DumpError {
         move |source| DumpError::Socket { call, source }
     }
+}
+
+/// The bpf filters on the clsact ingress (or egress) hook of `ifindex`: each one's program name and id.
+pub fn bpf_filters(ifindex: u32, egress: bool) -> Result<Vec<(String, u32)>, DumpError> {
+    let mut get = TcMessage::default();
+    get.header.index = ifindex as i32;
+    get.header.parent = TcHandle {
+        minor: if egress {
+            TcHandle::MIN_EGRESS
+        } else {
+            TcHandle::MIN_INGRESS
+        },
+        ..TcHandle::CLSACT
+    };
+    let mut filters = Vec::new();
+    dump(RouteNetlinkMessage::GetTrafficFilter(get), |m| {
+        let RouteNetlinkMessage::NewTrafficFilter(f) = m else {
+            return;
+        };
+        for a in &f.attributes {
+            if let TcAttribute::Options(options) = a {
+                let (mut name, mut id) = (String::new(), None);
+                for o in options {
+                    match o {
+                        TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => name.clone_from(n),
+                        TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => id = Some(*i),
+                        _ => {}
+                    }
+                }
+                filters.extend(id.map(|id| (name, id)));
+            }
+        }
+    })?;
+    Ok(filters)
 }

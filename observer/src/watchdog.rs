@@ -6,11 +6,6 @@
 
 use std::{ffi::CString, fs, path::PathBuf};
 
-use netlink_packet_route::{
-    RouteNetlinkMessage,
-    tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
-};
-
 use crate::{capture::program, exit::Fault, preflight, rtnl};
 
 /// How often [`Watchdog::check`] should run: faults end the agent well within a second.
@@ -111,31 +106,10 @@ impl Watchdog {
 
 /// The program ids of the bpf filters on the clsact ingress (or egress) hook of `ifindex`.
 fn filter_ids(ifindex: u32, egress: bool) -> Result<Vec<u32>, rtnl::DumpError> {
-    let mut get = TcMessage::default();
-    get.header.index = ifindex as i32;
-    get.header.parent = TcHandle {
-        minor: if egress {
-            TcHandle::MIN_EGRESS
-        } else {
-            TcHandle::MIN_INGRESS
-        },
-        ..TcHandle::CLSACT
-    };
-    let mut ids = Vec::new();
-    rtnl::dump(RouteNetlinkMessage::GetTrafficFilter(get), |m| {
-        let RouteNetlinkMessage::NewTrafficFilter(f) = m else {
-            return;
-        };
-        for a in &f.attributes {
-            if let TcAttribute::Options(options) = a {
-                ids.extend(options.iter().filter_map(|o| match o {
-                    TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(*id),
-                    _ => None,
-                }));
-            }
-        }
-    })?;
-    Ok(ids)
+    Ok(rtnl::bpf_filters(ifindex, egress)?
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect())
 }
 
 /// What a bpf_link's fdinfo says of its attachment.

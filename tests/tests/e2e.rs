@@ -827,8 +827,16 @@ fn two_observers_on_one_interface() {
     if !require::root(NAME) {
         return;
     }
+    // TCX links (or clsact where the kernel has no TCX), then legacy filters: a second observer must not take
+    // the first one's filters for a killed run's.
+    two_observers(&[]);
+    two_observers(&["--tc-attach", "netlink"]);
+}
+
+fn two_observers(attach: &[&str]) {
     let pair = Pair::new("two", 211).expect("namespaces");
-    let args = ["--iface", pair.a_if.as_str()];
+    let mut args = vec!["--iface", pair.a_if.as_str()];
+    args.extend_from_slice(attach);
     let first = Agent::start(&pair.a, &args).expect("starting the first observer");
     let mut second = Agent::start(&pair.a, &args).expect("starting the second observer");
     talk(&pair, &pair.b_addr, PORT, 1);

@@ -118,7 +118,11 @@ fn interface_and_link_faults_end_the_agent() {
         (
             "renamed",
             &["--hook", "tc"],
-            |p, _| p.a.ip(&["link", "set", &p.a_if, "name", "veth-z"]).map(drop),
+            // Down first: kernels before 6.2 (Debian 12's 6.1) refuse to rename an interface that is up.
+            |p, _| {
+                p.a.ip(&["link", "set", &p.a_if, "down"])?;
+                p.a.ip(&["link", "set", &p.a_if, "name", "veth-z"]).map(drop)
+            },
             INTERFACE_RENAMED,
             "observer: error: interface {if} was renamed to veth-z",
         ),
