@@ -170,7 +170,7 @@ fn interface_and_link_faults_end_the_agent() {
         ),
     ];
     for (i, (what, options, fault, code, line)) in cases.into_iter().enumerate() {
-        if what.starts_with("TCX") && !require::kernel(NAME, 6, 6, "TCX links") {
+        if what.starts_with("TCX") && !require::kernel_supports(NAME, 6, 6, "TCX links") {
             continue;
         }
         let pair = Pair::new(&format!("ft{i}"), 150 + i as u8).expect("namespaces");

@@ -23,8 +23,6 @@ use tests::{
     require,
 };
 
-/// Bound for waiting on the scenario to settle (never asserted as a duration).
-const SETTLE: Duration = Duration::from_secs(20);
 /// How often a comparison is retaken when the table moved under it.
 const ATTEMPTS: usize = 3;
 
@@ -120,7 +118,7 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 
 /// A client connection from `ns`.
 fn connect(ns: &Netns, to: SocketAddr) -> TcpStream {
-    ns.enter(move || TcpStream::connect_timeout(&to, SETTLE))
+    ns.enter(move || TcpStream::connect_timeout(&to, tests::wait()))
         .expect("entering the client namespace")
         .unwrap_or_else(|e| panic!("connecting to {to}: {e}"))
 }
@@ -229,7 +227,7 @@ fn scenario(tag: &str, subnet: u8) -> Scenario {
     // TIME_WAIT at the server on the long addresses: the server closes first, then the client.
     let mut c = connect(a, at(&b6, 8443));
     drop(accept(&long));
-    c.set_read_timeout(Some(SETTLE)).expect("timeout");
+    c.set_read_timeout(Some(tests::wait())).expect("timeout");
     assert_eq!(c.read(&mut [0; 16]).expect("reading the server's FIN"), 0);
     drop(c);
     listeners.extend([full, dual, unacked, closing, long]);
@@ -246,7 +244,7 @@ fn scenario(tag: &str, subnet: u8) -> Scenario {
 /// Waits until the server namespace shows every state of the scenario with its queues in place.
 fn settle(ns: &Netns) {
     let want = ["TIME-WAIT", "CLOSE-WAIT", "FIN-WAIT-2", "SYN-RECV"];
-    let deadline = Instant::now() + SETTLE;
+    let deadline = Instant::now() + tests::wait();
     loop {
         let ss = stdout_of(ns, "ss", &["-tan"]);
         let settled = want.iter().all(|s| ss.lines().any(|l| l.starts_with(s)))
