@@ -1079,8 +1079,9 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_passive_open_links_the_syn_to_the_listener_and_the_ack_to_the_new_child() {
+    /// A passive open on port 80 (SYN, SYN-ACK, ACK) whose child's LISTEN→SYN_RECV is reported on `clone`,
+    /// then the child's SYN_RECV→ESTABLISHED; the lines released.
+    fn passive_open(clone: Tuple) -> Vec<Output> {
         let mut k = listening_on_80();
         k.syn_recv = vec![sock(
             SERVER.parse().unwrap(),
@@ -1091,9 +1092,14 @@ mod tests {
         l.push(seg(0, true, false, TCP_SYN));
         l.push(seg(1, false, true, TCP_SYN | TCP_ACK));
         l.push(seg(2, true, false, TCP_ACK));
-        l.push(state(3, server_tuple(), TcpState::Listen, TcpState::SynRecv));
+        l.push(state(3, clone, TcpState::Listen, TcpState::SynRecv));
         l.push(state(3, server_tuple(), TcpState::SynRecv, TcpState::Established));
-        let out = l.flush(1_000_000_000);
+        l.flush(1_000_000_000)
+    }
+
+    #[test]
+    fn a_passive_open_links_the_syn_to_the_listener_and_the_ack_to_the_new_child() {
+        let out = passive_open(server_tuple());
         assert_eq!(
             links(&out),
             [
@@ -1117,21 +1123,8 @@ mod tests {
 
     #[test]
     fn a_child_cloned_before_its_addresses_were_set_gets_its_listen_to_syn_recv() {
-        let mut k = listening_on_80();
-        k.syn_recv = vec![sock(
-            SERVER.parse().unwrap(),
-            CLIENT.parse().unwrap(),
-            TcpState::SynRecv,
-        )];
-        let mut l = Linker::new(&mut k, &[], DEFAULT_HOLD_NS);
-        let listener = Tuple::new("0.0.0.0:80".parse().unwrap(), "0.0.0.0:0".parse().unwrap());
-        l.push(seg(0, true, false, TCP_SYN));
-        l.push(seg(1, false, true, TCP_SYN | TCP_ACK));
-        l.push(seg(2, true, false, TCP_ACK));
         // As Linux 6.1 reports it: the clone with the listener's addresses, then the child's own change.
-        l.push(state(3, listener, TcpState::Listen, TcpState::SynRecv));
-        l.push(state(3, server_tuple(), TcpState::SynRecv, TcpState::Established));
-        let out = l.flush(1_000_000_000);
+        let out = passive_open(Tuple::new("0.0.0.0:80".parse().unwrap(), "0.0.0.0:0".parse().unwrap()));
         assert_eq!(
             links(&out),
             [

@@ -419,29 +419,29 @@ fn connection_lifecycle_cookies_and_resets_per_namespace() {
     let reset = server_agent.seen.iter().find(|e| e.kind == SockEventKind::SendReset);
     if no_socketless_resets {
         assert_eq!(reset, None, "6.1 reports no RST sent without a socket");
-        return;
+    } else {
+        let reset = reset.expect("a RST sent");
+        assert!(reset.from_packet, "no socket on the closed port: {reset:?}");
+        assert_eq!(reset.cookie, 0);
+        assert_eq!(reset.local, Some(addr(&pair.b_addr, CLOSED)));
+        assert_eq!(reset.remote, Some(refused_client));
+        let reason = server_agent.setup.reasons.name(
+            observer_common::sock::SOCK_EV_SEND_RESET,
+            reset.reason.expect("a reset reason"),
+        );
+        assert_eq!(reason, "NO_SOCKET");
+        // ... and the SYN that found no socket was dropped for that reason.
+        let drop = server_agent
+            .seen
+            .iter()
+            .find(|e| e.kind == SockEventKind::Drop && e.local == reset.local && e.remote == reset.remote)
+            .expect("the refused SYN dropped");
+        let reason = server_agent
+            .setup
+            .reasons
+            .name(observer_common::sock::SOCK_EV_DROP, drop.reason.expect("a drop reason"));
+        assert_eq!(reason, "NO_SOCKET");
     }
-    let reset = reset.expect("a RST sent");
-    assert!(reset.from_packet, "no socket on the closed port: {reset:?}");
-    assert_eq!(reset.cookie, 0);
-    assert_eq!(reset.local, Some(addr(&pair.b_addr, CLOSED)));
-    assert_eq!(reset.remote, Some(refused_client));
-    let reason = server_agent.setup.reasons.name(
-        observer_common::sock::SOCK_EV_SEND_RESET,
-        reset.reason.expect("a reset reason"),
-    );
-    assert_eq!(reason, "NO_SOCKET");
-    // ... and the SYN that found no socket was dropped for that reason.
-    let drop = server_agent
-        .seen
-        .iter()
-        .find(|e| e.kind == SockEventKind::Drop && e.local == reset.local && e.remote == reset.remote)
-        .expect("the refused SYN dropped");
-    let reason = server_agent
-        .setup
-        .reasons
-        .name(observer_common::sock::SOCK_EV_DROP, drop.reason.expect("a drop reason"));
-    assert_eq!(reason, "NO_SOCKET");
 
     // Nothing from the other pair, and nothing of one namespace in the other's agent.
     for (agent, own) in [(&client_agent, &pair.a_addr), (&server_agent, &pair.b_addr)] {
