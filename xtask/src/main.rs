@@ -43,6 +43,9 @@ enum Task {
         /// machine's kernel alone.
         #[arg(long)]
         kernel: Option<String>,
+        /// Only these suites of the tests crate (test binary names such as `table`), with a series `--kernel`.
+        #[arg(long, requires = "kernel")]
+        suite: Vec<String>,
     },
     /// Set up, then run the tests crate's bench binary (release).
     Bench {
@@ -69,7 +72,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::setup(),
         Task::Build { release } => tasks::build(release),
         Task::Run { args } => tasks::run(&args),
-        Task::Test { kernel } => tasks::test(kernel.as_deref()),
+        Task::Test { kernel, suite } => tasks::test(kernel.as_deref(), &suite),
         Task::Bench { kernel, args } => tasks::bench(kernel.as_deref(), &args),
         Task::Soak { minutes } => tasks::soak(minutes),
     };

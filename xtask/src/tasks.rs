@@ -62,14 +62,17 @@ const HOST_ONLY: &[&str] = &["parse_oracle", "privileges"];
 const GUEST_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// Runs every test: `kernel` None is this machine's suites and then the matrix; `running`, this machine's
-/// alone; a series, that kernel's in qemu alone.
-pub fn test(kernel: Option<&str>) -> Result<()> {
+/// alone; a series, that kernel's in qemu alone (only `suites` when any are named).
+pub fn test(kernel: Option<&str>, suites: &[String]) -> Result<()> {
     setup()?;
     match kernel {
+        Some("running") if !suites.is_empty() => {
+            bail!("--suite picks suites for a kernel in qemu; on this machine run `cargo test -p tests --test NAME`")
+        }
         Some("running") => native_tests(),
         Some(series) => {
             let spec: vm::Spec = series.parse()?;
-            match guest_tests(&spec)? {
+            match guest_tests(&spec, suites)? {
                 Some(true) => Ok(()),
                 Some(false) => bail!("test FAILED on kernel {spec}"),
                 None => bail!("kernel {spec}: qemu could not run it (see above)"),
@@ -80,7 +83,7 @@ pub fn test(kernel: Option<&str>) -> Result<()> {
             let mut failed = Vec::new();
             for series in MATRIX {
                 let spec: vm::Spec = series.parse()?;
-                match guest_tests(&spec) {
+                match guest_tests(&spec, &[]) {
                     Ok(Some(true)) => {}
                     Ok(Some(false)) => failed.push(spec.to_string()),
                     Ok(None) => {}
@@ -100,9 +103,9 @@ pub fn test(kernel: Option<&str>) -> Result<()> {
 }
 
 /// The kernel and end-to-end suites (the tests crate's test binaries that touch the kernel) inside `spec`
-/// booted in qemu: `None` when the kernel cannot be fetched or booted here (said in one line), else whether
-/// every test passed.
-fn guest_tests(spec: &vm::Spec) -> Result<Option<bool>> {
+/// booted in qemu, or only `suites` when any are named: `None` when the kernel cannot be fetched or booted here
+/// (said in one line), else whether every test passed.
+fn guest_tests(spec: &vm::Spec, suites: &[String]) -> Result<Option<bool>> {
     let target = target_dir()?;
     let kernel = match vm::fetch(spec, &target.join("kernels")) {
         Ok(kernel) => kernel,
@@ -112,9 +115,20 @@ fn guest_tests(spec: &vm::Spec) -> Result<Option<bool>> {
         }
     };
     run_cmd(cargo().args(["build", "-p", "observer"]))?;
-    let binaries: Vec<_> = test_binaries()?
+    let all = test_binaries()?;
+    if let Some(unknown) = suites.iter().find(|s| !all.iter().any(|(name, _)| name == *s)) {
+        let names: Vec<&str> = all.iter().map(|(name, _)| name.as_str()).collect();
+        bail!("no suite named `{unknown}`: the tests crate has {}", names.join(", "));
+    }
+    let binaries: Vec<_> = all
         .into_iter()
-        .filter(|(name, _)| !HOST_ONLY.contains(&name.as_str()))
+        .filter(|(name, _)| {
+            if suites.is_empty() {
+                !HOST_ONLY.contains(&name.as_str())
+            } else {
+                suites.contains(name)
+            }
+        })
         .collect();
     let root = cmd::workspace_root();
     let mut script = format!(
