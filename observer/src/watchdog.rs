@@ -72,18 +72,8 @@ impl Watchdog {
 
     /// The fault, if the interface or a link is gone.
     pub fn check(&self) -> Option<Fault> {
-        // SAFETY: the name is a NUL-terminated string we own.
-        let now = unsafe { libc::if_nametoindex(self.c_iface.as_ptr()) };
-        if now != self.ifindex {
-            return Some(match preflight::interface_name(self.ifindex) {
-                Some(name) => Fault::InterfaceRenamed {
-                    iface: self.iface.clone(),
-                    now: name,
-                },
-                None => Fault::InterfaceGone {
-                    iface: self.iface.clone(),
-                },
-            });
+        if let Some(fault) = self.interface_fault() {
+            return Some(fault);
         }
         let detached = |program| Fault::Detached {
             program,
@@ -100,7 +90,25 @@ impl Watchdog {
                 .find(|f| filter_ids(self.ifindex, f.egress).is_ok_and(|ids| !ids.contains(&f.prog_id)))
                 .map(|f| f.program)
         };
-        link_gone.or_else(filter_gone).map(detached)
+        let program = link_gone.or_else(filter_gone)?;
+        // A device being deleted loses its name and then its links: a link found detached right after the name
+        // still resolved is explained by the interface when it has gone meanwhile.
+        Some(self.interface_fault().unwrap_or_else(|| detached(program)))
+    }
+
+    /// The fault, if the interface has gone or has another name now.
+    fn interface_fault(&self) -> Option<Fault> {
+        // SAFETY: the name is a NUL-terminated string we own.
+        let now = unsafe { libc::if_nametoindex(self.c_iface.as_ptr()) };
+        (now != self.ifindex).then(|| match preflight::interface_name(self.ifindex) {
+            Some(name) => Fault::InterfaceRenamed {
+                iface: self.iface.clone(),
+                now: name,
+            },
+            None => Fault::InterfaceGone {
+                iface: self.iface.clone(),
+            },
+        })
     }
 }
 
