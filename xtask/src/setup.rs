@@ -60,7 +60,6 @@ const FRESH: &[(&str, &str)] = &[
     ("umount", "mount"),
     ("nstat", "iproute2"),
     ("setpriv", "util-linux"),
-    ("sh", "dash"),
     ("sysctl", "procps"),
     ("tc", "iproute2"),
     ("timeout", "coreutils"),

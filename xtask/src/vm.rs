@@ -270,13 +270,37 @@ fn initramfs(kernel: &Kernel) -> Result<()> {
     fs::write(tree.join("init"), INIT)?;
     fs::set_permissions(tree.join("init"), fs::Permissions::from_mode(0o755))?;
     let partial = kernel.dir.join("initrd.partial");
-    run(Command::new("sh")
-        .arg("-c")
-        .arg("find . | cpio -o -H newc --quiet | gzip -1 > \"$0\"")
-        .arg(&partial)
-        .current_dir(&tree))?;
+    archive(&tree, &partial)?;
     fs::rename(&partial, kernel.initrd())?;
     fs::remove_dir_all(&tree)?;
+    Ok(())
+}
+
+/// `find . | cpio -o -H newc | gzip -1 > out` in `tree`, piped here (no shell).
+fn archive(tree: &Path, out: &Path) -> Result<()> {
+    let file = fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let spawn = |command: &mut Command, name: &str| command.spawn().with_context(|| format!("cannot start {name}"));
+    let mut find = spawn(
+        Command::new("find").arg(".").current_dir(tree).stdout(Stdio::piped()),
+        "find",
+    )?;
+    let listing = find.stdout.take().context("find's stdout")?;
+    let mut cpio = spawn(
+        Command::new("cpio")
+            .args(["-o", "-H", "newc", "--quiet"])
+            .current_dir(tree)
+            .stdin(listing)
+            .stdout(Stdio::piped()),
+        "cpio",
+    )?;
+    let stream = cpio.stdout.take().context("cpio's stdout")?;
+    let gzip = spawn(Command::new("gzip").arg("-1").stdin(stream).stdout(file), "gzip")?;
+    for (name, mut child) in [("find", find), ("cpio", cpio), ("gzip", gzip)] {
+        let status = child.wait().with_context(|| format!("waiting for {name}"))?;
+        if !status.success() {
+            bail!("{name} failed building the initramfs in {}: {status}", tree.display());
+        }
+    }
     Ok(())
 }
 
