@@ -34,11 +34,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("hping3", "hping3"),
     ("ping", "iputils-ping"),
-    // The bench's whole-pipeline scenarios: iperf3 on the wire, nginx and a load generator for churn.
+    // The bench's whole-pipeline scenarios: iperf3 on the wire, nginx and wrk for churn.
     ("iperf3", "iperf3"),
     ("nginx", "nginx"),
     ("wrk", "wrk"),
-    ("ab", "apache2-utils"),
     // The kernel matrix (`cargo xtask test --kernel`): qemu boots Debian kernels from a busybox initramfs.
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
