@@ -67,6 +67,7 @@ const FRESH: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     ("tc", "iproute2"),
     ("timeout", "coreutils"),
+    ("time", "time"),
     ("umount", "mount"),
     ("rustup", "(rustup, not a Debian package)"),
 ];

@@ -1,10 +1,11 @@
 //! Whole-process tables: `observer netstat --ss`, `observer netstat` and `observer queues --once` as a user runs
 //! them, each next to the tool it replaces (`ss -tan`, `netstat -ant`, `ss -ltn`), with many connections open in a
 //! namespace. Wall time from spawn to exit (stdout to /dev/null), median of the runs, and the peak RSS of each
-//! process from wait4's rusage.
+//! process (GNU time's `%M`, its wait4 rusage of the command).
 
 use std::{
-    path::PathBuf,
+    io::Read as _,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -44,47 +45,47 @@ const PAIRINGS: [Pairing; 3] = [
 const RSS_GOAL: f64 = 2.0;
 
 /// One run's wall time, peak RSS (KiB) and stdout lines (counted only when asked).
-fn take(program: &PathBuf, args: &[&str], count: bool) -> anyhow::Result<(Duration, u64, usize)> {
-    let mut cmd = Command::new(program);
-    cmd.args(args).stdin(Stdio::null()).stderr(Stdio::piped());
+///
+/// The peak comes from `time -f %M` (GNU time's wait4 rusage of the command): the rusage of a child this bench
+/// spawns itself would report the bench's own peak, since Linux carries the peak of the memory image a process
+/// replaces across exec, and a spawned child starts as a copy of (or in) the bench's.
+fn take(program: &Path, args: &[&str], count: bool, out: &Path) -> anyhow::Result<(Duration, u64, usize)> {
+    let mut cmd = Command::new("time");
+    cmd.args(["-f", "%M", "-o"]).arg(out).arg(program).args(args);
+    cmd.stdin(Stdio::null()).stderr(Stdio::piped());
     cmd.stdout(if count { Stdio::piped() } else { Stdio::null() });
     let start = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("spawning {}", program.display()))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("spawning time {}", program.display()))?;
     let mut lines = 0;
-    if let Some(mut out) = child.stdout.take() {
+    if let Some(mut stdout) = child.stdout.take() {
         let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut out, &mut text)?;
+        stdout.read_to_end(&mut text)?;
         lines = text.iter().filter(|&&b| b == b'\n').count();
     }
-    let stderr = child.stderr.take();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: wait4(2) on our own child, which std has not reaped.
-        let rc = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-        if rc >= 0 {
-            break;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e).context("wait4");
-        }
-    }
+    let mut stderr = child.stderr.take();
+    let status = child.wait()?;
     let took = start.elapsed();
-    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+    if !status.success() {
         let mut msg = String::new();
-        if let Some(mut e) = stderr {
-            let _ = std::io::Read::read_to_string(&mut e, &mut msg);
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.read_to_string(&mut msg);
         }
         bail!(
-            "{} {} failed (wait status {status}): {}",
+            "{} {} failed ({status}): {}",
             program.display(),
             args.join(" "),
             msg.trim()
         );
     }
-    Ok((took, usage.ru_maxrss as u64, lines))
+    let report = std::fs::read_to_string(out).with_context(|| format!("reading {}", out.display()))?;
+    let peak = report
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("time -f %M wrote {report:?}"))?;
+    Ok((took, peak, lines))
 }
 
 /// The figures of one command.
@@ -98,6 +99,13 @@ struct Figures {
 
 /// Runs the six commands `runs` times, interleaved, on this thread (which must be in the namespace).
 fn measure(observer: PathBuf, runs: usize) -> anyhow::Result<Vec<Figures>> {
+    let out = std::env::temp_dir().join(format!("observer-bench-rss-{}", std::process::id()));
+    let figures = measure_into(observer, runs, &out);
+    let _ = std::fs::remove_file(&out);
+    figures
+}
+
+fn measure_into(observer: PathBuf, runs: usize, out: &Path) -> anyhow::Result<Vec<Figures>> {
     let mut commands: Vec<(String, PathBuf, Vec<&str>)> = Vec::new();
     for p in &PAIRINGS {
         commands.push((
@@ -111,14 +119,14 @@ fn measure(observer: PathBuf, runs: usize) -> anyhow::Result<Vec<Figures>> {
     // The untimed first round counts the rows and warms the caches.
     let mut rows = Vec::new();
     for (label, program, args) in &commands {
-        rows.push(take(program, args, true).with_context(|| label.clone())?.2);
+        rows.push(take(program, args, true, out).with_context(|| label.clone())?.2);
     }
     let mut samples = vec![Vec::new(); commands.len()];
     let mut peaks = vec![0u64; commands.len()];
     for _ in 0..runs {
         check_interrupted()?;
         for (i, (label, program, args)) in commands.iter().enumerate() {
-            let (took, peak, _) = take(program, args, false).with_context(|| label.clone())?;
+            let (took, peak, _) = take(program, args, false, out).with_context(|| label.clone())?;
             samples[i].push(took);
             peaks[i] = peaks[i].max(peak);
         }
@@ -147,7 +155,7 @@ pub fn run(sizes: &[usize], runs: usize) -> anyhow::Result<()> {
         let figures = conns.ns().enter(move || measure(bin, runs))??;
         println!(
             "whole-process tables: {sockets} sockets ({n} connections), median of {runs} runs, wall time from \
-             spawn to exit (stdout to /dev/null), peak RSS from wait4"
+             spawn to exit (stdout to /dev/null), peak RSS from time -f %M"
         );
         println!(
             "{:<24} {:>8} {:>10} {:>9} {:>9} {:>9}  goal",
