@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use observer_common::config::{MAX_HOSTS, MAX_PORTS};
 
-use crate::capture::{TcAttach, XdpMode};
+use crate::sys::capture::{TcAttach, XdpMode};
 
 /// observer: every TCP handshake, segment and teardown and every ARP packet of an interface, printed as
 /// Wireshark prints them.
@@ -155,7 +155,7 @@ pub struct WatchArgs {
     #[arg(long, short = 'w', value_name = "FILE.pcapng")]
     pub write: Option<std::path::PathBuf>,
     /// Most TCP flows analysed at once; the least recently seen is evicted (and counted) beyond it.
-    #[arg(long, value_name = "N", default_value_t = crate::flows::DEFAULT_MAX_FLOWS, value_parser = at_least::<1, usize>)]
+    #[arg(long, value_name = "N", default_value_t = crate::model::flows::DEFAULT_MAX_FLOWS, value_parser = at_least::<1, usize>)]
     pub max_flows: usize,
     /// Forget a TCP flow (and report an unfinished handshake) after this many idle seconds; closed flows go 10 s
     /// after their last segment.

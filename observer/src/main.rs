@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use observer::{
     cli::{Cli, Command},
-    exit::{self, status},
-    queues, table, watch,
+    cmd::exit::{self, status},
+    cmd::{queues, watch},
+    table,
 };
 
 fn main() -> ExitCode {

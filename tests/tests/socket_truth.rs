@@ -85,7 +85,7 @@ fn connected(ns: &Netns, target: SocketAddr, n: usize) -> Vec<TcpStream> {
 /// TcpExt counters of `ns`, read from the kernel's own /proc/net/netstat inside it.
 fn tcpext(ns: &Netns) -> std::collections::BTreeMap<String, u64> {
     let text = netns::run(ns.command("cat").arg("/proc/net/netstat")).expect("reading /proc/net/netstat");
-    observer::sockets::tcpext::parse(&text, "/proc/net/netstat")
+    observer::sys::sockets::tcpext::parse(&text, "/proc/net/netstat")
         .expect("TcpExt counters")
         .all
 }
@@ -134,7 +134,7 @@ fn netlink_agrees_with_proc(ns: &Netns) {
     type Row = (String, String, &'static str, u32, u32);
     let (diag, proc) = ns
         .enter(|| {
-            let key = |s: &observer::sockets::Socket| -> Row {
+            let key = |s: &observer::sys::sockets::Socket| -> Row {
                 (
                     s.local.to_string(),
                     s.remote.to_string(),
@@ -143,14 +143,14 @@ fn netlink_agrees_with_proc(ns: &Netns) {
                     s.send_q,
                 )
             };
-            let mut diag: Vec<Row> = observer::sockets::diag::Diag::open()
+            let mut diag: Vec<Row> = observer::sys::sockets::diag::Diag::open()
                 .expect("sock_diag")
-                .dump(&observer::sockets::diag::Query::all())
+                .dump(&observer::sys::sockets::diag::Query::all())
                 .expect("dump")
                 .iter()
                 .map(key)
                 .collect();
-            let mut proc: Vec<Row> = observer::sockets::procfs::read_table()
+            let mut proc: Vec<Row> = observer::sys::sockets::procfs::read_table()
                 .expect("/proc/net/tcp")
                 .iter()
                 .map(|r| key(&r.socket))

@@ -17,7 +17,7 @@ use std::{
 use super::{Origin, Table, netstat, ss};
 use crate::{
     cli::{CompareArgs, TableSource},
-    sockets::{SocketError, TcpState, canonical},
+    sys::sockets::{SocketError, TcpState, canonical},
 };
 
 /// Why a comparison could not be made.

@@ -21,7 +21,7 @@ use anyhow::Context as _;
 
 use crate::{
     cli::{NetstatArgs, TableSource},
-    sockets::{
+    sys::sockets::{
         Socket, SocketError, TcpState,
         diag::{Diag, Query},
         process::ProcessMap,

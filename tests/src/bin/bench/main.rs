@@ -91,7 +91,7 @@ fn main() -> ExitCode {
 }
 
 fn run(opts: Options) -> anyhow::Result<()> {
-    observer::preflight::check_privileges()?;
+    observer::sys::preflight::check_privileges()?;
     if opts.packets {
         packets()?;
     }

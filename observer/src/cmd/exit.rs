@@ -3,7 +3,7 @@
 
 use std::io;
 
-use crate::pcapng::PcapngError;
+use crate::view::pcapng::PcapngError;
 
 /// Exit statuses, one per way of ending.
 pub mod status {
@@ -120,7 +120,7 @@ mod tests {
 
     #[test]
     fn the_readme_lists_every_status() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let all = [
             status::OK,
             status::ERROR,

@@ -20,7 +20,7 @@ pub enum Event {
     Tcp(TcpRecord, Option<Snap>),
     /// An ARP packet, with the frame's bytes when the capture copies them.
     Arp(ArpRecord, Option<Snap>),
-    /// A kernel socket event (see `crate::kevents`).
+    /// A kernel socket event (see `crate::sys::sockprogs`).
     Sock(SockRecord),
 }
 

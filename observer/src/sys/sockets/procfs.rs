@@ -249,7 +249,7 @@ fn endpoint(raw: &str, v6: bool, order: WordOrder) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sockets::canonical;
+    use crate::sys::sockets::canonical;
 
     const TCP: &str = include_str!("testdata/proc_tcp.txt");
     const TCP6: &str = include_str!("testdata/proc_tcp6.txt");
