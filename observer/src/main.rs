@@ -6,8 +6,7 @@ use clap::Parser as _;
 use observer::{
     cli::{Cli, Command},
     cmd::exit::{self, status},
-    cmd::{queues, watch},
-    table,
+    cmd::{compare, netstat, queues, watch},
 };
 
 fn main() -> ExitCode {
@@ -20,10 +19,10 @@ fn main() -> ExitCode {
     // The table commands need neither the runtime nor the logger; compare has its own exit codes.
     match &cli.command {
         Some(Command::Netstat(args)) => {
-            return table::run_netstat(args).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS);
+            return netstat::run(args).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS);
         }
         Some(Command::Compare(args)) => {
-            return match table::compare::run_compare(args) {
+            return match compare::run(args) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {

@@ -16,12 +16,12 @@ use tokio::{
 
 use crate::{
     cli::{HookKind, WatchArgs},
-    cmd::exit::Fault,
     cmd::live::LiveKernel,
     model::events::{self, Event},
     model::flows::FlowTable,
     model::link::{DEFAULT_HOLD_NS, Input, Linker, Output},
     sys::capture::{Capture, CaptureError, Counters, Hook, program},
+    sys::fault::Fault,
     sys::neigh::{NeighError, NeighMsg, NeighSource, NeighTable},
     sys::preflight,
     sys::privileges::{self, Needs},
@@ -64,8 +64,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         None => None,
     };
     let hook = match args.hook {
-        HookKind::Tc => Hook::Tc(args.tc_attach),
-        HookKind::Xdp => Hook::Xdp(args.xdp_mode),
+        HookKind::Tc => Hook::Tc(args.tc_attach.into()),
+        HookKind::Xdp => Hook::Xdp(args.xdp_mode.into()),
     };
 
     let mut capture = Capture::load(&config, args.ebpf_log)?;

@@ -44,7 +44,7 @@ pub enum Hook {
 }
 
 /// How TC programs are attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcAttach {
     /// TCX links on Linux 6.6 and later, clsact filters before.
     Auto,
@@ -55,7 +55,7 @@ pub enum TcAttach {
 }
 
 /// XDP attach mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpMode {
     /// Generic (skb) mode: works on every interface.
     Generic,

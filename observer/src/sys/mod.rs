@@ -1,6 +1,7 @@
 //! Everything that talks to the kernel or the OS and returns plain data.
 
 pub mod capture;
+pub mod fault;
 pub mod neigh;
 pub mod preflight;
 pub mod privileges;
