@@ -12,7 +12,7 @@ mod analysis;
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 
 use observer_common::record::{
     ARP_REPLY, ARP_REQUEST, ArpRecord, DIR_EGRESS, DIR_INGRESS, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP,
@@ -22,6 +22,7 @@ use observer_common::record::{
 use serde::Serialize;
 
 use crate::model::arp::{Answer, ArpAnalysis, ArpKind, ArpTracker, Unanswered, retry_annotation};
+use crate::model::events::{tcp_dst, tcp_src};
 use crate::model::flows::{FlowTable, MAX_WINDOW_SHIFT, TcpAnalysis, WindowScaling};
 use crate::model::link::{KernelNote, ListenerView, SocketLink, StateChange};
 use crate::sys::neigh::NeighChange;
@@ -177,24 +178,6 @@ pub fn hook_name(hook: u8) -> &'static str {
 
 fn vlan_ids(h: &RecordHeader) -> Vec<u16> {
     h.vlan_ids[..usize::from(h.vlan_count).min(MAX_VLAN_TAGS)].to_vec()
-}
-
-/// The source address of a TCP record.
-pub fn tcp_src(rec: &TcpRecord) -> IpAddr {
-    ip_of(rec.ip_version, &rec.saddr)
-}
-
-/// The destination address of a TCP record.
-pub fn tcp_dst(rec: &TcpRecord) -> IpAddr {
-    ip_of(rec.ip_version, &rec.daddr)
-}
-
-fn ip_of(version: u8, addr: &[u8; 16]) -> IpAddr {
-    if version == 4 {
-        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(*addr))
-    }
 }
 
 const TCP_FLAG_NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
@@ -1278,8 +1261,8 @@ mod tests {
     fn ipv6_line() {
         let mut r = seg(C, S, SYN, 100, 0, 64800, 0);
         r.ip_version = 6;
-        r.saddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
-        r.daddr = "2001:db8:0:0:1::2".parse::<Ipv6Addr>().unwrap().octets();
+        r.saddr = "2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        r.daddr = "2001:db8:0:0:1::2".parse::<std::net::Ipv6Addr>().unwrap().octets();
         r.sport = 62000;
         r.dport = 443;
         r.options = OPT_MSS;
