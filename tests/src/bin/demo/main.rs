@@ -137,7 +137,7 @@ fn show(agent: &mut Agent, limit: Duration, mut done: impl FnMut(&str) -> bool) 
 }
 
 fn run(write: Option<&str>) -> anyhow::Result<()> {
-    observer::preflight::check_privileges()?;
+    observer::sys::preflight::check_privileges()?;
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
