@@ -29,17 +29,22 @@ pub fn run(args: &[OsString]) -> Result<()> {
     setup()?;
     build_observer(true)?;
     let binary = target_dir()?.join("release").join("observer");
-    let mut command = if cmd::is_root() {
-        Command::new(&binary)
+    cmd::exec(as_root(&binary, "run").args(args))
+}
+
+/// A command that runs `binary` as root: directly when this process is root, else through `sudo -E`; `task`
+/// names the task in the note printed when neither is possible.
+pub fn as_root(binary: &std::path::Path, task: &str) -> Command {
+    if cmd::is_root() {
+        Command::new(binary)
     } else if let Some(sudo) = cmd::which("sudo", &["/usr/bin", "/bin"]) {
         let mut sudo = Command::new(sudo);
-        sudo.arg("-E").arg(&binary);
+        sudo.arg("-E").arg(binary);
         sudo
     } else {
-        eprintln!("run: not root and no sudo; running observer directly");
-        Command::new(&binary)
-    };
-    cmd::exec(command.args(args))
+        eprintln!("{task}: not root and no sudo; running {} directly", binary.display());
+        Command::new(binary)
+    }
 }
 
 /// The target directory cargo uses for this workspace (honours `CARGO_TARGET_DIR` and config).
