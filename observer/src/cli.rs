@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use observer_common::config::{MAX_HOSTS, MAX_PORTS};
 
-use crate::capture::{TcAttach, XdpMode};
+use crate::{sys::capture, table};
 
 /// observer: every TCP handshake, segment and teardown and every ARP packet of an interface, printed as
 /// Wireshark prints them.
@@ -41,6 +41,54 @@ pub enum TableSource {
     Diag,
     /// /proc/net/tcp and /proc/net/tcp6.
     Proc,
+}
+
+impl From<TableSource> for table::Source {
+    fn from(s: TableSource) -> Self {
+        match s {
+            TableSource::Diag => table::Source::Diag,
+            TableSource::Proc => table::Source::Proc,
+        }
+    }
+}
+
+/// How TC programs are attached (`--tc-attach`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TcAttach {
+    /// TCX links on Linux 6.6 and later, clsact filters before.
+    Auto,
+    /// TCX links (Linux 6.6+): gone when the process exits.
+    Tcx,
+    /// A clsact qdisc with netlink filters (any kernel); stale ones are removed at start.
+    Netlink,
+}
+
+impl From<TcAttach> for capture::TcAttach {
+    fn from(a: TcAttach) -> Self {
+        match a {
+            TcAttach::Auto => capture::TcAttach::Auto,
+            TcAttach::Tcx => capture::TcAttach::Tcx,
+            TcAttach::Netlink => capture::TcAttach::Netlink,
+        }
+    }
+}
+
+/// XDP attach mode (`--xdp-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpMode {
+    /// Generic (skb) mode: works on every interface.
+    Generic,
+    /// Native driver mode (veth and XDP-capable drivers).
+    Native,
+}
+
+impl From<XdpMode> for capture::XdpMode {
+    fn from(m: XdpMode) -> Self {
+        match m {
+            XdpMode::Generic => capture::XdpMode::Generic,
+            XdpMode::Native => capture::XdpMode::Native,
+        }
+    }
 }
 
 /// Options of `observer netstat`.
@@ -155,7 +203,7 @@ pub struct WatchArgs {
     #[arg(long, short = 'w', value_name = "FILE.pcapng")]
     pub write: Option<std::path::PathBuf>,
     /// Most TCP flows analysed at once; the least recently seen is evicted (and counted) beyond it.
-    #[arg(long, value_name = "N", default_value_t = crate::flows::DEFAULT_MAX_FLOWS, value_parser = at_least::<1, usize>)]
+    #[arg(long, value_name = "N", default_value_t = crate::model::flows::DEFAULT_MAX_FLOWS, value_parser = at_least::<1, usize>)]
     pub max_flows: usize,
     /// Forget a TCP flow (and report an unfinished handshake) after this many idle seconds; closed flows go 10 s
     /// after their last segment.

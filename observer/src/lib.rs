@@ -1,22 +1,13 @@
 //! observer's agent: loads the kernel programs, reads their records, and renders what the wire and the
 //! kernel's sockets do.
+//!
+//! Data flows one way, and imports point the same way: [`sys`] (the kernel and the OS) -> [`model`] (pure
+//! analysis) -> [`view`] (formatting); [`table`] prints the socket table; [`cmd`] wires them for each
+//! subcommand and [`cli`] parses the command line.
 
-pub mod arp;
-pub mod capture;
 pub mod cli;
-pub mod events;
-pub mod exit;
-pub mod flows;
-pub mod kevents;
-pub mod link;
-pub mod neigh;
-pub mod pcapng;
-pub mod preflight;
-pub mod privileges;
-pub mod queues;
-pub mod render;
-pub mod rtnl;
-pub mod sockets;
+pub mod cmd;
+pub mod model;
+pub mod sys;
 pub mod table;
-pub mod watch;
-pub mod watchdog;
+pub mod view;

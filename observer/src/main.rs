@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use observer::{
     cli::{Cli, Command},
-    exit::{self, status},
-    queues, table, watch,
+    cmd::exit::{self, status},
+    cmd::{compare, netstat, queues, watch},
 };
 
 fn main() -> ExitCode {
@@ -19,10 +19,10 @@ fn main() -> ExitCode {
     // The table commands need neither the runtime nor the logger; compare has its own exit codes.
     match &cli.command {
         Some(Command::Netstat(args)) => {
-            return table::run_netstat(args).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS);
+            return netstat::run(args).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS);
         }
         Some(Command::Compare(args)) => {
-            return match table::compare::run_compare(args) {
+            return match compare::run(args) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {

@@ -195,7 +195,20 @@ impl Agent {
     /// Starts `observer <args>` in `ns` as `prefix` (e.g. setpriv) and waits until it reports that it is attached.
     pub fn start_as(ns: &Netns, prefix: &[&str], args: &[&str]) -> anyhow::Result<Agent> {
         let mut cmd = command(ns, prefix)?;
-        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args);
+        Agent::spawn(cmd)
+    }
+
+    /// Starts `bin <args>` in `ns` (an observer binary found by the caller, e.g. [`beside_exe`]) and waits until it
+    /// reports that it is attached.
+    pub fn start_bin(ns: &Netns, bin: &Path, args: &[&str]) -> anyhow::Result<Agent> {
+        let mut cmd = ns.command(bin.to_str().context("binary path")?);
+        cmd.args(args);
+        Agent::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> anyhow::Result<Agent> {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().context("spawning observer")?;
         let stdout = lines(child.stdout.take().context("stdout")?);
         let stderr = lines(child.stderr.take().context("stderr")?);
@@ -228,7 +241,7 @@ impl Agent {
     }
 
     /// Waits until a stdout line satisfies `pred` (or `timeout` passes) and returns the lines read so far.
-    pub fn wait_for(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration, seen: &mut Vec<String>) -> bool {
+    pub fn wait_for(&mut self, mut pred: impl FnMut(&str) -> bool, timeout: Duration, seen: &mut Vec<String>) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
             match self.stdout.recv_timeout(left) {

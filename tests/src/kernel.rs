@@ -5,8 +5,8 @@ use aya::{
     programs::{TestRun, TestRunOptions},
 };
 use observer::{
-    capture::{Capture, Counters, program},
-    events::{self, Event},
+    model::events::{self, Event},
+    sys::capture::{Capture, Counters, program},
 };
 use observer_common::{
     Config, Counter,

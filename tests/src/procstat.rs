@@ -25,7 +25,7 @@ pub fn stat_ticks(pid: u32) -> anyhow::Result<u64> {
 
 /// Milliseconds of CPU (utime + stime) the process has used so far.
 pub fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
-    let ticks_per_s = observer::sockets::procfs::clock_ticks_per_second() as f64;
+    let ticks_per_s = observer::sys::sockets::procfs::clock_ticks_per_second() as f64;
     Ok(stat_ticks(pid)? as f64 * 1e3 / ticks_per_s)
 }
 

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use observer::exit::status;
+use observer::cmd::exit::status;
 use tests::{
     agent::{self, Agent, Finished},
     netns::{self, Pair},

@@ -5,9 +5,9 @@
 use std::{mem::offset_of, path::Path};
 
 use observer::{
-    events::{self, Event},
-    pcapng::{Packet, PcapngWriter},
-    render::{Clock, Renderer},
+    model::events::{self, Event},
+    view::pcapng::{Packet, PcapngWriter},
+    view::render::{Clock, Renderer},
 };
 use observer_common::{
     parse::parse_frame,

@@ -15,10 +15,10 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use observer::{
-    capture::{Capture, Counters},
-    events::{self, Event},
-    kevents::{self, PROGRAMS, SockEvent, SockEventKind, SockEvents},
-    sockets::TcpState::{self, *},
+    model::events::{self, Event},
+    sys::capture::{Capture, Counters},
+    sys::sockets::TcpState::{self, *},
+    sys::sockprogs::{self, PROGRAMS, SockEvent, SockEventKind, SockEvents},
 };
 use observer_common::{Config, Counter};
 use tests::{
@@ -43,11 +43,11 @@ impl Agent {
     /// Loads the programs and attaches the socket ones for the namespace `ns` (its inode read from inside it).
     fn start(ns: &Netns) -> Agent {
         let netns = ns
-            .enter(kevents::current_netns)
+            .enter(sockprogs::current_netns)
             .expect("entering the namespace")
             .expect("reading the namespace inode");
         let mut capture = Capture::load(&Config::default(), false).expect("loading the object");
-        let setup = kevents::attach_socket_events(&mut capture, netns).expect("attaching the socket programs");
+        let setup = sockprogs::attach_socket_events(&mut capture, netns).expect("attaching the socket programs");
         let ring = capture.take_events().expect("the ring buffer");
         Agent {
             capture,
@@ -271,8 +271,8 @@ fn offsets_agree_with_bpftool() {
             .expect("bits_offset");
         bits / 8
     };
-    let btf = kevents::kernel_btf().expect("kernel BTF");
-    let o = kevents::sock_offsets(&btf).expect("offsets");
+    let btf = sockprogs::kernel_btf().expect("kernel BTF");
+    let o = sockprogs::sock_offsets(&btf).expect("offsets");
     assert_eq!(u32::from(o.skc_v6_daddr), direct("sock_common", "skc_v6_daddr"));
     assert_eq!(u32::from(o.skc_v6_rcv_saddr), direct("sock_common", "skc_v6_rcv_saddr"));
     assert_eq!(
@@ -579,7 +579,7 @@ fn listener_queues_and_synack_retransmits_agree_with_ss() {
         .b
         .enter(|| {
             let mut capture = Capture::load(&Config::default(), false)?;
-            kevents::listener_queues(&mut capture)
+            sockprogs::listener_queues(&mut capture)
         })
         .expect("entering the namespace")
         .expect("listener_queues");

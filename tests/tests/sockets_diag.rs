@@ -3,7 +3,7 @@
 //! half-open request sock (nftables drops the client's final ACK). Every row `ss -tanoei` prints must be in the
 //! dump with the same fields, `lookup` must find each one, and the port filter must return exactly that port.
 
-#[path = "../../observer/src/sockets/testdata/diag_ss.rs"]
+#[path = "../../observer/src/sys/sockets/testdata/diag_ss.rs"]
 mod diag_ss;
 
 use std::{
@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use observer::sockets::{
+use observer::sys::sockets::{
     Socket, TcpState, TimerKind,
     diag::{Diag, Families, Query},
 };
@@ -253,7 +253,7 @@ fn check() -> anyhow::Result<()> {
     );
     // An IPv4 endpoint finds the tcp6 socket holding its v4-mapped form.
     let by_v4 = full.iter().find(|s| s.local == mapped).context("mapped")?;
-    let v4 = |a: SocketAddr| SocketAddr::new(observer::sockets::canonical(a.ip()), a.port());
+    let v4 = |a: SocketAddr| SocketAddr::new(observer::sys::sockets::canonical(a.ip()), a.port());
     let found = diag
         .lookup(v4(by_v4.local), v4(by_v4.remote), false)?
         .context("mapped lookup by IPv4")?;

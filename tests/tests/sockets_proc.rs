@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use observer::sockets::{
+use observer::sys::sockets::{
     TcpState, canonical,
     process::ProcessMap,
     procfs::{self, ProcRow},

@@ -1,5 +1,6 @@
-//! Project tasks for observer: `cargo xtask setup | build | run | test | bench | soak`.
+//! Project tasks for observer: `cargo xtask setup | build | run | test | bench | soak | demo`.
 mod cmd;
+mod demo;
 mod setup;
 mod tasks;
 mod vm;
@@ -13,7 +14,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "cargo xtask",
     bin_name = "cargo xtask",
-    about = "Set-up, build, run, test, bench and soak tasks for observer"
+    about = "Set-up, build, run, test, bench, soak and demo tasks for observer"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -65,6 +66,11 @@ enum Task {
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
         minutes: u32,
     },
+    /// Set up, build observer and the tests crate's demo binary (release), then tell the user's story in
+    /// namespaces it makes and removes, printing observer's lines act by act: a WS=256 handshake, a transfer
+    /// losing two segments (SACK, retransmissions), a teardown with data in flight, an unanswered ARP, a
+    /// backlog-4 listener's full SYN and accept queues, and `observer netstat` next to `netstat -ant`.
+    Demo,
 }
 
 fn main() -> ExitCode {
@@ -75,6 +81,7 @@ fn main() -> ExitCode {
         Task::Test { kernel, suite } => tasks::test(kernel.as_deref(), &suite),
         Task::Bench { kernel, args } => tasks::bench(kernel.as_deref(), &args),
         Task::Soak { minutes } => tasks::soak(minutes),
+        Task::Demo => demo::demo(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

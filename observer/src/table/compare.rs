@@ -9,16 +9,13 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    io::{self, Write as _},
+    io,
     net::{IpAddr, SocketAddr},
     process::Command,
 };
 
 use super::{Origin, Table, netstat, ss};
-use crate::{
-    cli::{CompareArgs, TableSource},
-    sockets::{SocketError, TcpState, canonical},
-};
+use crate::sys::sockets::{SocketError, TcpState, canonical};
 
 /// Why a comparison could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -307,7 +304,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Reads our table from `source`, then runs netstat and ss.
-    pub fn take(source: TableSource) -> Result<Snapshot, CompareError> {
+    pub fn take(source: super::Source) -> Result<Snapshot, CompareError> {
         let table = Table::read(source)?;
         let netstat_out = run(Tool::Netstat)?;
         let ss_out = run(Tool::Ss)?;
@@ -526,29 +523,6 @@ pub fn compare_lines(
         ));
     }
     report
-}
-
-/// `observer compare`: takes the three tables, retakes them once when they differ, prints the report (text or
-/// JSON) and returns whether they agree.
-pub fn run_compare(args: &CompareArgs) -> Result<bool, CompareError> {
-    let first = Snapshot::take(args.source)?;
-    let mut report = evaluate(&first, None);
-    if !report.agrees() {
-        let second = Snapshot::take(args.source)?;
-        report = evaluate(&second, Some(&first));
-    }
-    let text = if args.json {
-        // A report of strings and numbers always encodes.
-        serde_json::to_string(&report)
-            .map(|json| json + "\n")
-            .unwrap_or_default()
-    } else {
-        report.text()
-    };
-    let mut stdout = io::stdout().lock();
-    // A closed pipe loses the report, not the verdict: the exit code still tells.
-    let _ = stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush());
-    Ok(report.agrees())
 }
 
 #[cfg(test)]

@@ -12,21 +12,13 @@ pub mod ss;
 
 use std::{
     collections::HashSet,
-    io::{self, Write as _},
     net::{IpAddr, Ipv6Addr},
-    time::Duration,
 };
 
-use anyhow::Context as _;
-
-use crate::{
-    cli::{NetstatArgs, TableSource},
-    sockets::{
-        Socket, SocketError, TcpState,
-        diag::{Diag, Query},
-        process::ProcessMap,
-        procfs,
-    },
+use crate::sys::sockets::{
+    Socket, SocketError, TcpState,
+    diag::{Diag, Query},
+    procfs,
 };
 
 /// Which source a table was read from.
@@ -34,6 +26,15 @@ use crate::{
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// NETLINK_SOCK_DIAG.
+    Diag,
+    /// /proc/net/tcp and /proc/net/tcp6.
+    Proc,
+}
+
+/// Where the table is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// sock_diag netlink (falls back to /proc when it cannot be opened).
     Diag,
     /// /proc/net/tcp and /proc/net/tcp6.
     Proc,
@@ -52,13 +53,13 @@ pub struct Table {
 
 impl Table {
     /// Reads the table from `source`; when sock_diag cannot be opened, notes it on stderr and reads /proc.
-    pub fn read(source: TableSource) -> Result<Table, SocketError> {
+    pub fn read(source: Source) -> Result<Table, SocketError> {
         let from_proc = || -> Result<Vec<Socket>, SocketError> {
             Ok(procfs::read_table()?.into_iter().map(|row| row.socket).collect())
         };
         let (sockets, origin) = match source {
-            TableSource::Proc => (from_proc()?, Origin::Proc),
-            TableSource::Diag => match Diag::open() {
+            Source::Proc => (from_proc()?, Origin::Proc),
+            Source::Diag => match Diag::open() {
                 Ok(mut diag) => (diag.dump(&Query::all())?, Origin::Diag),
                 Err(e) => {
                     eprintln!("observer: note: {e}; reading /proc/net/tcp and tcp6 instead");
@@ -161,41 +162,6 @@ fn ntop6(a: Ipv6Addr) -> String {
         i += 1;
     }
     out
-}
-
-/// `observer netstat`: prints the table as `netstat -ant[Wpeo]`, as `ss -tan` (`--ss`) or as JSON lines.
-pub fn run_netstat(args: &NetstatArgs) -> anyhow::Result<()> {
-    let table = Table::read(args.source).context("reading the socket table")?;
-    let text = if args.json {
-        let mut out = String::new();
-        for s in &table.sockets {
-            out.push_str(&serde_json::to_string(s).context("encoding a socket as JSON")?);
-            out.push('\n');
-        }
-        out
-    } else if args.ss {
-        ss::render(&table, ss::screen_width())
-    } else {
-        let opts = netstat::Options {
-            wide: args.wide,
-            programs: args.programs,
-            extend: args.extend,
-            timers: args.timers,
-        };
-        // One scan up front, as netstat makes; sockets of processes out of sight stay `-` without rescans.
-        let mut owners = ProcessMap::with_interval(Duration::MAX);
-        if args.programs {
-            owners.refresh();
-        }
-        netstat::render(&table.sockets, &opts, |inode| {
-            owners.get(inode).map(|o| o.netstat_label())
-        })
-    };
-    let mut stdout = io::stdout().lock();
-    stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-        .context("writing to stdout")
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use crate::sockets::{Socket, Timer, TimerKind};
+use crate::sys::sockets::{Socket, Timer, TimerKind};
 
 /// The first header line of `netstat -a`.
 pub const TITLE: &str = "Active Internet connections (servers and established)";
@@ -97,7 +97,7 @@ pub fn timer(t: &Timer) -> String {
 /// One row without its newline; `program` is the PID/Program name cell ([`Owner::netstat_label`]; `-` when the
 /// owner is unknown).
 ///
-/// [`Owner::netstat_label`]: crate::sockets::process::Owner::netstat_label
+/// [`Owner::netstat_label`]: crate::sys::sockets::process::Owner::netstat_label
 pub fn row(s: &Socket, opts: &Options, program: Option<&str>) -> String {
     let proto = if s.is_v6() { "tcp6" } else { "tcp" };
     let local = address(s.local, opts.wide);
@@ -190,7 +190,7 @@ pub fn parse(output: &str) -> Result<Vec<Row>, String> {
 mod tests {
     use super::*;
     use crate::{
-        sockets::{TcpState, procfs},
+        sys::sockets::{TcpState, procfs},
         table::tests::sock,
     };
 

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::Table;
-use crate::sockets::{Socket, TcpState};
+use crate::sys::sockets::{Socket, TcpState};
 
 /// How a column's cells line up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,7 +280,7 @@ mod tests {
         let table = fixture_table();
         let rows = parse(include_str!("testdata/ss_tan.txt")).expect("ss_tan.txt");
         assert_eq!(rows.len(), table.sockets.len());
-        let canonical = |a: SocketAddr| (crate::sockets::canonical(a.ip()), a.port());
+        let canonical = |a: SocketAddr| (crate::sys::sockets::canonical(a.ip()), a.port());
         for (row, s) in rows.iter().zip(&table.sockets) {
             assert_eq!(row.is_v6(), s.is_v6(), "{row:?}");
             assert_eq!(

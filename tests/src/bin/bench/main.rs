@@ -148,7 +148,7 @@ fn main() -> ExitCode {
 }
 
 fn run(opts: Options) -> anyhow::Result<()> {
-    observer::preflight::check_privileges()?;
+    observer::sys::preflight::check_privileges()?;
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use observer::sockets::{
+use observer::sys::sockets::{
     TcpState,
     diag::{Diag, Query},
     procfs, tcpext,
@@ -166,11 +166,11 @@ impl Source {
 /// The sources stay open across runs as in the agent, so the owners of the listeners are found once.
 fn refresh() -> anyhow::Result<usize> {
     thread_local! {
-        static SOURCES: std::cell::RefCell<Option<observer::queues::Sources>> = const { std::cell::RefCell::new(None) };
+        static SOURCES: std::cell::RefCell<Option<observer::cmd::queues::Sources>> = const { std::cell::RefCell::new(None) };
     }
     SOURCES.with_borrow_mut(|slot| {
         if slot.is_none() {
-            *slot = Some(observer::queues::Sources::open()?);
+            *slot = Some(observer::cmd::queues::Sources::open()?);
         }
         let sources = slot.as_mut().expect("just opened");
         let (_, rows) = sources.refresh(&[])?;

@@ -125,7 +125,7 @@ impl Rig {
 }
 
 fn run(opts: Options) -> anyhow::Result<Result<String, String>> {
-    observer::preflight::check_privileges()?;
+    observer::sys::preflight::check_privileges()?;
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);

@@ -3,8 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::{
-    link::{Kernel, Tuple},
-    sockets::{
+    model::link::{Kernel, Tuple},
+    sys::sockets::{
         Socket,
         diag::{Diag, Query},
         process::{Owner, ProcessMap},
@@ -20,7 +20,7 @@ pub struct LiveKernel {
 
 impl LiveKernel {
     /// Opens the sock_diag socket.
-    pub fn open() -> Result<Self, super::SocketError> {
+    pub fn open() -> Result<Self, crate::sys::sockets::SocketError> {
         Ok(LiveKernel {
             diag: Diag::open()?,
             processes: ProcessMap::new(),
@@ -28,7 +28,7 @@ impl LiveKernel {
     }
 
     /// The whole table with tcp_info, for the linker's first view (window scales of older connections).
-    pub fn table(&mut self) -> Result<Vec<Socket>, super::SocketError> {
+    pub fn table(&mut self) -> Result<Vec<Socket>, crate::sys::sockets::SocketError> {
         let mut q = Query::all();
         q.info = true;
         self.diag.dump(&q)

@@ -21,19 +21,19 @@ use tokio::{
 };
 
 use crate::{
-    capture::{Capture, CaptureError},
     cli::QueuesArgs,
-    events::{self, Event},
-    kevents,
-    link::{Input, StateChange},
-    privileges,
-    sockets::{
+    model::events::{self, Event},
+    model::link::{Input, StateChange},
+    sys::capture::{Capture, CaptureError},
+    sys::privileges,
+    sys::sockets::{
         Socket, TcpState,
         diag::{Diag, Families, Query},
         listener_for,
         process::{Owner, ProcessMap},
         tcpext::{self, Limits, TcpExt},
     },
+    sys::sockprogs,
 };
 
 /// One listening socket.
@@ -278,11 +278,11 @@ async fn live(
     mut rows: Vec<ListenerRow>,
     print: impl Fn(&Snapshot) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    crate::preflight::check_privileges()
+    crate::sys::preflight::check_privileges()
         .context("the live view follows the kernel's state changes (--once does not)")?;
     let mut capture = Capture::load(&Config::default(), false)?;
-    let netns = kevents::current_netns().map_err(CaptureError::from)?;
-    kevents::attach_socket_events(&mut capture, netns)?;
+    let netns = sockprogs::current_netns().map_err(CaptureError::from)?;
+    sockprogs::attach_socket_events(&mut capture, netns)?;
     let ring = capture.take_events()?;
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
@@ -331,7 +331,7 @@ async fn live(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::link::Tuple;
+    use crate::model::link::Tuple;
 
     fn sock(local: &str, remote: &str, state: TcpState, recv_q: u32) -> Socket {
         Socket {

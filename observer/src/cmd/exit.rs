@@ -1,9 +1,9 @@
-//! How a command ends: the faults that stop a running agent, and the exit status of every error (the README's
+//! How a command ends: the exit status of every error (the README's
 //! table of exit statuses).
 
 use std::io;
 
-use crate::pcapng::PcapngError;
+use crate::{sys::fault::Fault, view::pcapng::PcapngError};
 
 /// Exit statuses, one per way of ending.
 pub mod status {
@@ -28,52 +28,6 @@ pub mod status {
     pub const PCAPNG: u8 = 8;
 }
 
-/// A fault that ended a running agent.
-#[derive(Debug, thiserror::Error)]
-pub enum Fault {
-    /// The interface is no longer in this namespace.
-    #[error("interface {iface} is gone (deleted, or moved out of this network namespace)")]
-    InterfaceGone {
-        /// Its name when the agent started.
-        iface: String,
-    },
-    /// The interface has another name now.
-    #[error("interface {iface} was renamed to {now}")]
-    InterfaceRenamed {
-        /// Its name when the agent started.
-        iface: String,
-        /// Its name now.
-        now: String,
-    },
-    /// A program's attachment went away while the interface stayed.
-    #[error("{program} was detached from {iface} by someone else")]
-    Detached {
-        /// The program.
-        program: &'static str,
-        /// The interface.
-        iface: String,
-    },
-    /// Polling the ring buffer failed.
-    #[error("the ring buffer failed")]
-    Ring(#[source] io::Error),
-    /// Writing stdout failed.
-    #[error("writing to stdout failed")]
-    Output(#[source] io::Error),
-}
-
-impl Fault {
-    /// The exit status this fault ends the agent with.
-    pub fn status(&self) -> u8 {
-        match self {
-            Fault::InterfaceGone { .. } => status::INTERFACE_GONE,
-            Fault::InterfaceRenamed { .. } => status::INTERFACE_RENAMED,
-            Fault::Detached { .. } => status::DETACHED,
-            Fault::Ring(_) => status::RING,
-            Fault::Output(_) => status::OUTPUT,
-        }
-    }
-}
-
 /// The exit status of an error that ended a command; `None` when it should end quietly with 0: the reader of
 /// stdout went away (`observer ... | head -1`), as for any Unix filter.
 pub fn status_of(e: &anyhow::Error) -> Option<u8> {
@@ -86,7 +40,7 @@ pub fn status_of(e: &anyhow::Error) -> Option<u8> {
     }
     let status = e.chain().find_map(|c| {
         if let Some(f) = c.downcast_ref::<Fault>() {
-            Some(f.status())
+            Some(fault_status(f))
         } else if let Some(PcapngError::Write { .. } | PcapngError::Encode { .. }) = c.downcast_ref::<PcapngError>() {
             Some(status::PCAPNG)
         } else {
@@ -94,6 +48,17 @@ pub fn status_of(e: &anyhow::Error) -> Option<u8> {
         }
     });
     Some(status.unwrap_or(status::ERROR))
+}
+
+/// The exit status a fault ends the agent with.
+pub fn fault_status(f: &Fault) -> u8 {
+    match f {
+        Fault::InterfaceGone { .. } => status::INTERFACE_GONE,
+        Fault::InterfaceRenamed { .. } => status::INTERFACE_RENAMED,
+        Fault::Detached { .. } => status::DETACHED,
+        Fault::Ring(_) => status::RING,
+        Fault::Output(_) => status::OUTPUT,
+    }
 }
 
 #[cfg(test)]
@@ -120,7 +85,7 @@ mod tests {
 
     #[test]
     fn the_readme_lists_every_status() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let all = [
             status::OK,
             status::ERROR,

@@ -27,8 +27,8 @@ use observer_common::sock::{
 
 pub use self::btf::{Btf, BtfError};
 use crate::{
-    capture::{Capture, CaptureError, map_error, missing_map, verifier_error},
-    sockets::TcpState,
+    sys::capture::{Capture, CaptureError, map_error, missing_map, verifier_error},
+    sys::sockets::TcpState,
 };
 
 /// A socket program and the tracepoint it attaches to.

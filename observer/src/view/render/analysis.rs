@@ -6,7 +6,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::{Clock, LineHead, json_text};
-use crate::flows::timeline::{HandshakeOutcome, HandshakeReport, Role, SynOptions, TeardownKind, TeardownReport};
+use crate::model::flows::timeline::{
+    HandshakeOutcome, HandshakeReport, Role, SynOptions, TeardownKind, TeardownReport,
+};
 
 fn us(ns: u64) -> u64 {
     ns / 1000
@@ -20,7 +22,7 @@ fn options_text(o: &SynOptions) -> String {
         parts.push(format!("MSS={m}"));
     }
     if let Some(w) = o.wscale {
-        parts.push(format!("WS={}", 1u32 << w.min(crate::flows::MAX_WINDOW_SHIFT)));
+        parts.push(format!("WS={}", 1u32 << w.min(crate::model::flows::MAX_WINDOW_SHIFT)));
     }
     if o.sack_perm {
         parts.push("SACK_PERM".to_owned());

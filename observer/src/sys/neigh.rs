@@ -13,7 +13,7 @@ use netlink_packet_route::{
 };
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 
-use crate::rtnl::{self, RECV_BUF};
+use crate::sys::rtnl::{self, RECV_BUF};
 
 /// Multicast group of neighbour notifications (`RTNLGRP_NEIGH` in linux/rtnetlink.h).
 const RTNLGRP_NEIGH: u32 = 3;
@@ -111,7 +111,7 @@ impl NeighChange {
         let mut s = format!("neigh {} {}", self.ip, self.state_text());
         if let Some(mac) = self.lladdr {
             s.push(' ');
-            s.push_str(&crate::render::fmt_mac(&mac));
+            s.push_str(&crate::view::render::fmt_mac(&mac));
         }
         s
     }

@@ -31,7 +31,7 @@ use pcap_file::{
     },
 };
 
-use crate::render::Clock;
+use crate::view::render::Clock;
 
 /// `epb_flags` direction bits: inbound.
 pub const EPB_INBOUND: u32 = 0b01;
@@ -234,7 +234,7 @@ impl<W: Write> PcapngWriter<W> {
             .names
             .get(&ifindex)
             .cloned()
-            .or_else(|| crate::preflight::interface_name(ifindex))
+            .or_else(|| crate::sys::preflight::interface_name(ifindex))
             .unwrap_or_else(|| ifindex.to_string());
         let idb = InterfaceDescriptionBlock {
             linktype: DataLink::ETHERNET,

@@ -19,9 +19,9 @@ use observer_common::{
 use serde::Serialize;
 
 use crate::{
-    kevents::{SockEvent, SockEventKind},
-    render::{tcp_dst, tcp_src},
-    sockets::{Socket, TcpState, canonical, listener_for, process::Owner, tcpext::TcpExt},
+    model::events::{tcp_dst, tcp_src},
+    sys::sockets::{Socket, TcpState, canonical, listener_for, process::Owner, tcpext::TcpExt},
+    sys::sockprogs::{SockEvent, SockEventKind},
 };
 
 /// A captured packet's header bytes, passed through unchanged (present in `--write` mode only).
@@ -266,7 +266,7 @@ pub enum Output {
     Note(KernelNote),
 }
 
-/// The kernel queries the linker needs; [`crate::sockets::live::LiveKernel`] answers them from sock_diag, /proc
+/// The kernel queries the linker needs; `cmd::live::LiveKernel` answers them from sock_diag, /proc
 /// and TcpExt, tests answer them from a script.
 pub trait Kernel {
     /// Every listening socket, with its accept queue and limit.

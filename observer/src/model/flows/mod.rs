@@ -256,7 +256,7 @@ impl FlowTable {
         if self.known_scales.len() >= self.max_flows {
             return;
         }
-        let end = |a: SocketAddr| match crate::sockets::canonical(a.ip()) {
+        let end = |a: SocketAddr| match crate::sys::sockets::canonical(a.ip()) {
             IpAddr::V4(v4) => {
                 let mut b = [0u8; 16];
                 b[..4].copy_from_slice(&v4.octets());
@@ -799,7 +799,7 @@ pub(crate) mod tests {
             .map(|l| {
                 let r = scenario_segment(l);
                 let a = t.observe(&r);
-                (crate::render::tcp_summary(&r, &a), a)
+                (crate::view::render::tcp_summary(&r, &a), a)
             })
             .unzip()
     }

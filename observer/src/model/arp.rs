@@ -13,8 +13,8 @@ use std::net::Ipv4Addr;
 use observer_common::record::{ARP_REPLY, ARP_REQUEST, ArpRecord, DIR_EGRESS, TCP_ACK, TCP_SYN, TcpRecord};
 use serde::Serialize;
 
-use crate::neigh::NeighChange;
-use crate::render::fmt_ms;
+use crate::sys::neigh::NeighChange;
+use crate::view::render::fmt_ms;
 
 /// Default cap on the IP addresses the ARP state remembers.
 pub const DEFAULT_ARP_ENTRIES: usize = 4096;
@@ -611,8 +611,8 @@ impl ArpTracker {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::neigh::NeighState;
-    use crate::render::arp_summary;
+    use crate::sys::neigh::NeighState;
+    use crate::view::render::arp_summary;
     use observer_common::record::{HOOK_XDP, KIND_ARP};
 
     const BOOT_NS: u64 = 5_000_000_000;

@@ -12,7 +12,7 @@ mod analysis;
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::Ipv4Addr;
 
 use observer_common::record::{
     ARP_REPLY, ARP_REQUEST, ArpRecord, DIR_EGRESS, DIR_INGRESS, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP,
@@ -21,11 +21,12 @@ use observer_common::record::{
 };
 use serde::Serialize;
 
-use crate::arp::{Answer, ArpAnalysis, ArpKind, ArpTracker, Unanswered, retry_annotation};
-use crate::flows::{FlowTable, MAX_WINDOW_SHIFT, TcpAnalysis, WindowScaling};
-use crate::link::{KernelNote, ListenerView, SocketLink, StateChange};
-use crate::neigh::NeighChange;
-use crate::sockets::process::Owner;
+use crate::model::arp::{Answer, ArpAnalysis, ArpKind, ArpTracker, Unanswered, retry_annotation};
+use crate::model::events::{tcp_dst, tcp_src};
+use crate::model::flows::{FlowTable, MAX_WINDOW_SHIFT, TcpAnalysis, WindowScaling};
+use crate::model::link::{KernelNote, ListenerView, SocketLink, StateChange};
+use crate::sys::neigh::NeighChange;
+use crate::sys::sockets::process::Owner;
 
 /// TCP option kind of the MD5 signature, which tshark names without a value.
 const OPTKIND_MD5: u8 = 19;
@@ -177,24 +178,6 @@ pub fn hook_name(hook: u8) -> &'static str {
 
 fn vlan_ids(h: &RecordHeader) -> Vec<u16> {
     h.vlan_ids[..usize::from(h.vlan_count).min(MAX_VLAN_TAGS)].to_vec()
-}
-
-/// The source address of a TCP record.
-pub fn tcp_src(rec: &TcpRecord) -> IpAddr {
-    ip_of(rec.ip_version, &rec.saddr)
-}
-
-/// The destination address of a TCP record.
-pub fn tcp_dst(rec: &TcpRecord) -> IpAddr {
-    ip_of(rec.ip_version, &rec.daddr)
-}
-
-fn ip_of(version: u8, addr: &[u8; 16]) -> IpAddr {
-    if version == 4 {
-        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(*addr))
-    }
 }
 
 const TCP_FLAG_NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
@@ -932,8 +915,8 @@ impl Renderer {
             .collect()
     }
 
-    /// The flow analysis counters for the exit summary ([`crate::flows::stats::FlowStats::summary_text`]).
-    pub fn flow_stats(&self) -> crate::flows::stats::FlowStats {
+    /// The flow analysis counters for the exit summary ([`crate::model::flows::stats::FlowStats::summary_text`]).
+    pub fn flow_stats(&self) -> crate::model::flows::stats::FlowStats {
         self.flows.stats()
     }
 
@@ -1138,7 +1121,7 @@ fn json_text(v: serde_json::Result<serde_json::Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::flows::tests::{CLIENT, SERVER, linux_syn_options, seg};
+    use crate::model::flows::tests::{CLIENT, SERVER, linux_syn_options, seg};
     use observer_common::record::{OPTKIND_SACK, SackBlock, TCP_CWR, TCP_ECE, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 
     const SYN: u8 = TCP_SYN;
@@ -1278,8 +1261,8 @@ mod tests {
     fn ipv6_line() {
         let mut r = seg(C, S, SYN, 100, 0, 64800, 0);
         r.ip_version = 6;
-        r.saddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
-        r.daddr = "2001:db8:0:0:1::2".parse::<Ipv6Addr>().unwrap().octets();
+        r.saddr = "2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets();
+        r.daddr = "2001:db8:0:0:1::2".parse::<std::net::Ipv6Addr>().unwrap().octets();
         r.sport = 62000;
         r.dport = 443;
         r.options = OPT_MSS;
@@ -1339,8 +1322,8 @@ mod tests {
         assert!(text.contains(r#""win_scale":"unknown""#), "{text}");
     }
 
-    use crate::arp::ArpState;
-    use crate::arp::tests::{A, B, BC, IP1, IP2, IP5, IP9, Z, arp};
+    use crate::model::arp::ArpState;
+    use crate::model::arp::tests::{A, B, BC, IP1, IP2, IP5, IP9, Z, arp};
 
     #[test]
     fn arp_summaries_are_tsharks() {
@@ -1400,8 +1383,8 @@ mod tests {
             ifindex: 0,
             ip: Ipv4Addr::from(IP2),
             lladdr: Some(B),
-            old: Some(crate::neigh::NeighState::INCOMPLETE),
-            state: crate::neigh::NeighState::REACHABLE,
+            old: Some(crate::sys::neigh::NeighState::INCOMPLETE),
+            state: crate::sys::neigh::NeighState::REACHABLE,
             deleted: false,
         });
         let mut reply = arp((B, A), 2, B, IP2, A, IP1);
@@ -1557,7 +1540,7 @@ mod tests {
 
     /// Field names documented in one of the README's JSON tables (the first column, `a`, `b` split).
     fn readme_fields(heading: &str) -> std::collections::BTreeSet<String> {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let table = readme.split(heading).nth(1).expect("README has the JSON section");
         table
             .lines()
@@ -1623,7 +1606,7 @@ mod tests {
         let syn = framed(seg(C, S, SYN, 1000, 0, 64240, 0), 74, DIR_EGRESS);
         let ack = sack(framed(seg(S, C, ACK, 5001, 1001, 502, 0), 66, DIR_INGRESS), 1101, 1201);
         let link = SocketLink {
-            state: Some(crate::sockets::TcpState::Established),
+            state: Some(crate::sys::sockets::TcpState::Established),
             ..SocketLink::default()
         };
         let mut comments = Vec::new();
@@ -1692,9 +1675,9 @@ mod tests {
         );
         let change = StateChange {
             ts_ns: 1,
-            tuple: crate::link::Tuple::new("10.0.0.1:80".parse().unwrap(), "10.0.0.2:4000".parse().unwrap()),
-            old: crate::sockets::TcpState::Established,
-            new: crate::sockets::TcpState::CloseWait,
+            tuple: crate::model::link::Tuple::new("10.0.0.1:80".parse().unwrap(), "10.0.0.2:4000".parse().unwrap()),
+            old: crate::sys::sockets::TcpState::Established,
+            new: crate::sys::sockets::TcpState::CloseWait,
         };
         let kernel: serde_json::Value = serde_json::from_str(&json.state(&change, None)).unwrap();
         assert_eq!(
@@ -1713,7 +1696,7 @@ mod tests {
             ip: Ipv4Addr::from(IP2),
             lladdr: None,
             old: None,
-            state: crate::neigh::NeighState::FAILED,
+            state: crate::sys::neigh::NeighState::FAILED,
             deleted: false,
         };
         let neigh: serde_json::Value = serde_json::from_str(&json.neigh_line(&change, Some(1))).unwrap();

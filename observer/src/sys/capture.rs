@@ -44,7 +44,7 @@ pub enum Hook {
 }
 
 /// How TC programs are attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TcAttach {
     /// TCX links on Linux 6.6 and later, clsact filters before.
     Auto,
@@ -55,7 +55,7 @@ pub enum TcAttach {
 }
 
 /// XDP attach mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpMode {
     /// Generic (skb) mode: works on every interface.
     Generic,
@@ -134,9 +134,9 @@ pub enum CaptureError {
         #[source]
         source: tc::TcError,
     },
-    /// The socket-event programs could not be set up (see `crate::kevents`).
+    /// The socket-event programs could not be set up (see `crate::sys::sockprogs`).
     #[error(transparent)]
-    SockEvents(#[from] crate::kevents::SockSetupError),
+    SockEvents(#[from] crate::sys::sockprogs::SockSetupError),
 }
 
 fn load_hint(e: &EbpfError) -> &'static str {
@@ -324,12 +324,12 @@ impl Capture {
         // A filter of ours whose program a live process holds belongs to another observer on this interface
         // (it removes its own at exit): those are left alone, and with them any stale one of the same name.
         let held = held_programs();
-        let ifindex = crate::preflight::ifindex(iface);
+        let ifindex = crate::sys::preflight::ifindex(iface);
         for (name, kind, egress) in [
             (program::TC_INGRESS, TcAttachType::Ingress, false),
             (program::TC_EGRESS, TcAttachType::Egress, true),
         ] {
-            let filters = crate::rtnl::bpf_filters(ifindex, egress).unwrap_or_default();
+            let filters = crate::sys::rtnl::bpf_filters(ifindex, egress).unwrap_or_default();
             if filters.iter().any(|(n, id)| n.starts_with(name) && held.contains(id)) {
                 continue;
             }

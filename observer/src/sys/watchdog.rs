@@ -6,7 +6,7 @@
 
 use std::{ffi::CString, fs, path::PathBuf};
 
-use crate::{capture::program, exit::Fault, preflight, rtnl};
+use crate::{sys::capture::program, sys::fault::Fault, sys::preflight, sys::rtnl};
 
 /// How often [`Watchdog::check`] should run: faults end the agent well within a second.
 pub const EVERY: std::time::Duration = std::time::Duration::from_millis(200);

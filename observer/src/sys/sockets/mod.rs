@@ -2,7 +2,6 @@
 //! processes that own them and the TcpExt counters that explain a listener's drops.
 
 pub mod diag;
-pub mod live;
 pub mod process;
 pub mod procfs;
 pub mod tcpext;

@@ -15,20 +15,21 @@ use tokio::{
 };
 
 use crate::{
-    capture::{Capture, CaptureError, Counters, Hook, program},
     cli::{HookKind, WatchArgs},
-    events::{self, Event},
-    exit::Fault,
-    flows::FlowTable,
-    kevents::{self, ReasonNames},
-    link::{DEFAULT_HOLD_NS, Input, Linker, Output},
-    neigh::{NeighError, NeighMsg, NeighSource, NeighTable},
-    pcapng::{Packet, PcapngError, PcapngWriter},
-    preflight,
-    privileges::{self, Needs},
-    render::{Clock, Renderer},
-    sockets::{Socket, TcpState, live::LiveKernel},
-    watchdog::{self, Watchdog, WatchedFilter},
+    cmd::live::LiveKernel,
+    model::events::{self, Event},
+    model::flows::FlowTable,
+    model::link::{DEFAULT_HOLD_NS, Input, Linker, Output},
+    sys::capture::{Capture, CaptureError, Counters, Hook, program},
+    sys::fault::Fault,
+    sys::neigh::{NeighError, NeighMsg, NeighSource, NeighTable},
+    sys::preflight,
+    sys::privileges::{self, Needs},
+    sys::sockets::{Socket, TcpState},
+    sys::sockprogs::{self, ReasonNames},
+    sys::watchdog::{self, Watchdog, WatchedFilter},
+    view::pcapng::{Packet, PcapngError, PcapngWriter},
+    view::render::{Clock, Renderer},
 };
 
 /// How often held records are checked for release.
@@ -63,8 +64,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         None => None,
     };
     let hook = match args.hook {
-        HookKind::Tc => Hook::Tc(args.tc_attach),
-        HookKind::Xdp => Hook::Xdp(args.xdp_mode),
+        HookKind::Tc => Hook::Tc(args.tc_attach.into()),
+        HookKind::Xdp => Hook::Xdp(args.xdp_mode.into()),
     };
 
     let mut capture = Capture::load(&config, args.ebpf_log)?;
@@ -285,8 +286,8 @@ fn read_neigh(neigh: &mut Option<Neigh>, read: Result<Vec<NeighMsg>, NeighError>
 /// scales of connections opened before now.
 fn link_sockets(capture: &mut Capture, flows: &mut FlowTable) -> anyhow::Result<(Linker<LiveKernel>, ReasonNames)> {
     // Attach first: a state change between the dump and the attach would otherwise be lost.
-    let netns = kevents::current_netns().map_err(CaptureError::from)?;
-    let events = kevents::attach_socket_events(capture, netns)?;
+    let netns = sockprogs::current_netns().map_err(CaptureError::from)?;
+    let events = sockprogs::attach_socket_events(capture, netns)?;
     let mut kernel = LiveKernel::open()?;
     let table = kernel.table().context("reading the socket table")?;
     for s in &table {

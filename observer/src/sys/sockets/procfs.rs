@@ -58,12 +58,6 @@ impl ProcRow {
     pub fn is_request(&self) -> bool {
         self.full.is_none() && self.socket.state == TcpState::SynRecv
     }
-
-    /// The Timer column of `netstat -o`: `on (3.57/2/0)` is the timer, seconds left with two decimals,
-    /// retransmissions and probes.
-    pub fn netstat_timer(&self) -> String {
-        crate::table::netstat::timer(&self.socket.timer)
-    }
 }
 
 /// Clock ticks per second of the `tm->when`, `rto` and `ato` columns: sysconf(_SC_CLK_TCK), USER_HZ.
@@ -249,7 +243,7 @@ fn endpoint(raw: &str, v6: bool, order: WordOrder) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sockets::canonical;
+    use crate::sys::sockets::canonical;
 
     const TCP: &str = include_str!("testdata/proc_tcp.txt");
     const TCP6: &str = include_str!("testdata/proc_tcp6.txt");
@@ -312,7 +306,12 @@ mod tests {
                 s.inode.to_string(),
             ];
             assert_eq!(ours.to_vec(), ns.cols, "row sl {}", row.sl);
-            assert_eq!(row.netstat_timer(), ns.timer, "timer of row sl {}", row.sl);
+            assert_eq!(
+                crate::table::netstat::timer(&row.socket.timer),
+                ns.timer,
+                "timer of row sl {}",
+                row.sl
+            );
         }
     }
 

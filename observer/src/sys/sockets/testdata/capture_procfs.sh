@@ -8,7 +8,7 @@
 #   proc_netstat.txt, nstat.txt   /proc/net/netstat after the overflows, and `nstat -asz` on those bytes
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-source "$here/../../testdata/scenario.sh"
+source "$here/../../../testdata/scenario.sh"
 
 scenario_namespace capture fd00:1:2::3
 start_scenario <<'PY'

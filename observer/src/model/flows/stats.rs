@@ -149,7 +149,7 @@ impl FlowStats {
 }
 
 fn us(us: u32) -> String {
-    crate::render::fmt_ms(u64::from(us) * 1_000)
+    crate::view::render::fmt_ms(u64::from(us) * 1_000)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Decoding of the raw records the kernel programs submit to the `EVENTS` ring buffer.
 
 use core::mem::size_of;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use observer_common::{
     record::{
@@ -20,7 +21,7 @@ pub enum Event {
     Tcp(TcpRecord, Option<Snap>),
     /// An ARP packet, with the frame's bytes when the capture copies them.
     Arp(ArpRecord, Option<Snap>),
-    /// A kernel socket event (see `crate::kevents`).
+    /// A kernel socket event (see `crate::sys::sockprogs`).
     Sock(SockRecord),
 }
 
@@ -107,6 +108,24 @@ fn check_len(kind: u8, len: usize, expected: usize) -> Result<(), DecodeError> {
         Ok(())
     } else {
         Err(DecodeError::WrongLength { kind, len, expected })
+    }
+}
+
+/// The source address of a TCP record.
+pub fn tcp_src(rec: &TcpRecord) -> IpAddr {
+    ip_of(rec.ip_version, &rec.saddr)
+}
+
+/// The destination address of a TCP record.
+pub fn tcp_dst(rec: &TcpRecord) -> IpAddr {
+    ip_of(rec.ip_version, &rec.daddr)
+}
+
+fn ip_of(version: u8, addr: &[u8; 16]) -> IpAddr {
+    if version == 4 {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*addr))
     }
 }
 

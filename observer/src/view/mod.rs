@@ -1,0 +1,4 @@
+//! Everything that formats: text lines, JSON, pcapng.
+
+pub mod pcapng;
+pub mod render;
