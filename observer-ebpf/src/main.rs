@@ -74,6 +74,27 @@ pub fn tc_empty(_ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
+/// Floor for `cargo xtask bench`: what every emitted record costs without any parsing. It reads the boot clock,
+/// takes the TCP scratch record and copies it into the ring (submitted, or discarded under `Config::discard`),
+/// as `tc_ingress` does for a segment; the packet is never read. Fails open like the real programs.
+#[classifier]
+pub fn tc_floor(_ctx: TcContext) -> i32 {
+    // Verifier: an array lookup can fail as far as it knows; index 0 of CONFIG always exists.
+    let Some(cfg) = CONFIG.get(0) else {
+        return TC_ACT_UNSPEC;
+    };
+    // Verifier: as above, slot 0 of a per-CPU array always exists.
+    let Some(slot) = scratch(&SCRATCH_TCP) else {
+        return TC_ACT_UNSPEC;
+    };
+    let rec = &mut slot.record.record;
+    // SAFETY: the helper has no preconditions.
+    rec.header.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    // A full ring is what it is for the real programs too: the packet passes either way.
+    let _ = emit(rec, cfg.discard != 0);
+    TC_ACT_UNSPEC
+}
+
 #[inline(always)]
 fn tc(ctx: &TcContext, hook: u8, direction: u8, seen: Counter) {
     // SAFETY: ctx.skb.skb is the __sk_buff the kernel passed in.

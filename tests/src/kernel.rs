@@ -25,7 +25,12 @@ pub enum Program {
     Xdp,
     /// `tc_empty`, the benchmark baseline.
     TcEmpty,
+    /// `tc_floor`, the benchmark floor: a record reserved and submitted with no parsing.
+    TcFloor,
 }
+
+/// The floor program's name (observer's own list holds only the programs it attaches).
+pub const TC_FLOOR: &str = "tc_floor";
 
 /// Shortest frame BPF_PROG_TEST_RUN accepts (an Ethernet header); shorter ones are covered by the host tests
 /// of the same parser.
@@ -77,7 +82,7 @@ impl Kernel {
     /// Loads the programs with `config` and verifies every one of them.
     pub fn load(config: &Config) -> anyhow::Result<Kernel> {
         let mut capture = Capture::load(config, false)?;
-        for name in [program::TC_INGRESS, program::TC_EGRESS, program::TC_EMPTY] {
+        for name in [program::TC_INGRESS, program::TC_EGRESS, program::TC_EMPTY, TC_FLOOR] {
             capture.classifier(name)?;
         }
         capture.xdp()?;
@@ -99,6 +104,7 @@ impl Kernel {
             Program::TcIngress => self.capture.classifier(program::TC_INGRESS)?.test_run(opts),
             Program::TcEgress => self.capture.classifier(program::TC_EGRESS)?.test_run(opts),
             Program::TcEmpty => self.capture.classifier(program::TC_EMPTY)?.test_run(opts),
+            Program::TcFloor => self.capture.classifier(TC_FLOOR)?.test_run(opts),
             Program::Xdp => self.capture.xdp()?.test_run(opts),
         }?;
         data_out.truncate(result.data_size_out as usize);

@@ -34,6 +34,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("hping3", "hping3"),
     ("ping", "iputils-ping"),
+    // The bench's whole-pipeline scenarios: iperf3 on the wire, nginx and wrk for churn.
+    ("iperf3", "iperf3"),
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
     // The kernel matrix (`cargo xtask test --kernel`): qemu boots Debian kernels from a busybox initramfs.
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
@@ -63,6 +67,7 @@ const FRESH: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     ("tc", "iproute2"),
     ("timeout", "coreutils"),
+    ("time", "time"),
     ("umount", "mount"),
     ("rustup", "(rustup, not a Debian package)"),
 ];
