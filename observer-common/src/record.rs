@@ -1,14 +1,19 @@
-//! Fixed-size records that the kernel programs submit to the `EVENTS` ring buffer.
+//! Fixed-size records that the packet programs submit to the `EVENTS` ring buffer.
 //!
 //! Every record starts with a [`RecordHeader`] whose `kind` tells which struct follows; each kind has one
 //! fixed size. Multi-byte fields are in host byte order, addresses in network order.
 
 use core::mem::size_of;
 
-/// Name of the ring buffer map all records go to.
+/// Name of the ring buffer map the packet records go to.
 pub const EVENTS_MAP: &str = "EVENTS";
-/// Size of the `EVENTS` ring buffer in bytes (a power of two): about 27,000 TCP records.
+/// Default size of the `EVENTS` ring buffer in bytes (a power of two): about 27,000 TCP records.
 pub const RING_BYTES: u32 = 4 << 20;
+/// Name of the ring buffer map the socket programs' records go to, apart from the packets so that a packet
+/// flood cannot crowd them out.
+pub const SOCK_EVENTS_MAP: &str = "SOCK_EVENTS";
+/// Default size of the `SOCK_EVENTS` ring buffer in bytes (a power of two): about 20,000 socket records.
+pub const SOCK_RING_BYTES: u32 = 2 << 20;
 
 /// `RecordHeader::kind` of a [`TcpRecord`].
 pub const KIND_TCP: u8 = 1;

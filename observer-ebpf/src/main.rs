@@ -1,8 +1,8 @@
 //! observer's kernel programs: thin TC and XDP entry points around `observer_common::parse`, and tp_btf
 //! programs on the TCP tracepoints around `sock`.
 //!
-//! Every packet program passes the packet on unchanged; what a program saw becomes one record in `EVENTS` or
-//! one per-CPU counter in `COUNTERS`.
+//! Every packet program passes the packet on unchanged; what a program saw becomes one record in `EVENTS` (a
+//! socket program's in `SOCK_EVENTS`) or one per-CPU counter in `COUNTERS`.
 #![no_std]
 #![no_main]
 

@@ -9,13 +9,17 @@ use observer_common::{
     control::{CONTROL_FLOWS_CAPACITY, ControlState, FlowKey, Update, decide},
     counter::CounterValues,
     parse::OptionBuf,
-    record::{ArpSnapRecord, RING_BYTES, TcpRecord, TcpSnapRecord},
+    record::{ArpSnapRecord, RING_BYTES, SOCK_RING_BYTES, TcpRecord, TcpSnapRecord},
     sock::SockConfig,
 };
 
-/// Every record, in one ring buffer.
+/// The packet programs' records (the agent may resize it at load).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// The socket programs' records, in a ring of their own (the agent may resize it at load).
+#[map]
+pub static SOCK_EVENTS: RingBuf = RingBuf::with_byte_size(SOCK_RING_BYTES, 0);
 
 /// Per-CPU outcome counters, all in one slot indexed by `Counter`.
 #[map]

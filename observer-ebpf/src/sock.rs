@@ -23,7 +23,7 @@ use observer_common::{
     },
 };
 
-use crate::maps::{EVENTS, SOCK_CONFIG};
+use crate::maps::{SOCK_CONFIG, SOCK_EVENTS};
 
 const IPPROTO_TCP: u8 = 6;
 const ETH_P_IP: u16 = 0x0800;
@@ -196,7 +196,7 @@ fn submit(rec: &mut SockRecord, extra: &Extra) -> Result<Counter, Counter> {
     // Verifier: one copying helper call instead of reserve and submit. With a reserved entry LLVM tested the
     // pointer for NULL twice, and 6.1's verifier, which does not know a ring-buffer entry is non-NULL once
     // checked, followed the second NULL branch to an exit with the entry unreleased ("Unreleased reference").
-    EVENTS
+    SOCK_EVENTS
         .output::<SockRecord>(&*rec, 0)
         .map(|()| Counter::SockEmitted)
         .map_err(|_| Counter::SockRingFull)

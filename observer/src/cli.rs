@@ -209,6 +209,26 @@ pub struct WatchArgs {
     /// after their last segment.
     #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = at_least::<1, u64>)]
     pub flow_idle_secs: u64,
+    /// Size of the packet records' ring buffer in MiB (a power of two); a larger one rides out longer stalls.
+    #[arg(long, value_name = "MIB", default_value_t = observer_common::record::RING_BYTES >> 20, value_parser = ring_mib)]
+    pub ring_mb: u32,
+    /// Size of the socket events' ring buffer in MiB (a power of two), apart from the packets'.
+    #[arg(long, value_name = "MIB", default_value_t = observer_common::record::SOCK_RING_BYTES >> 20, value_parser = ring_mib)]
+    pub sock_ring_mb: u32,
+}
+
+/// Largest ring buffer `--ring-mb` and `--sock-ring-mb` accept, in MiB.
+const MAX_RING_MIB: u32 = 1024;
+
+/// Parses a ring buffer size in MiB: the kernel takes only powers of two.
+fn ring_mib(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if !n.is_power_of_two() || n > MAX_RING_MIB {
+        return Err(format!(
+            "{n} is not a ring buffer size: use a power of two from 1 to {MAX_RING_MIB}"
+        ));
+    }
+    Ok(n)
 }
 
 /// Parses a whole number of at least `MIN`: a port 0 filters everything out, a table of 0 flows holds none, a
@@ -233,6 +253,14 @@ pub enum UsageError {
 }
 
 impl WatchArgs {
+    /// The ring buffer sizes these options ask for.
+    pub fn rings(&self) -> capture::RingSizes {
+        capture::RingSizes {
+            packets: self.ring_mb << 20,
+            sockets: self.sock_ring_mb << 20,
+        }
+    }
+
     /// The kernel-side configuration these options ask for.
     pub fn config(&self) -> Result<observer_common::Config, UsageError> {
         let mut c = observer_common::Config::default();
@@ -263,6 +291,28 @@ impl WatchArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ring_sizes_are_powers_of_two_in_mib() {
+        let cli = Cli::parse_from(["observer", "--ring-mb", "16", "--sock-ring-mb", "1"]);
+        assert_eq!(
+            cli.watch.rings(),
+            capture::RingSizes {
+                packets: 16 << 20,
+                sockets: 1 << 20
+            }
+        );
+        assert_eq!(
+            Cli::parse_from(["observer"]).watch.rings(),
+            capture::RingSizes::default()
+        );
+        for bad in ["3", "0", "2048", "x"] {
+            let e = Cli::try_parse_from(["observer", "--ring-mb", bad]).expect_err(bad);
+            assert!(e.to_string().contains("--ring-mb"), "{e}");
+        }
+        let e = Cli::try_parse_from(["observer", "--sock-ring-mb", "3"]).expect_err("3");
+        assert!(e.to_string().contains("use a power of two from 1 to 1024"), "{e}");
+    }
 
     #[test]
     fn watch_is_the_default_and_options_fill_the_config() {

@@ -81,7 +81,7 @@ pub struct Run {
 impl Kernel {
     /// Loads the programs with `config` and verifies every one of them.
     pub fn load(config: &Config) -> anyhow::Result<Kernel> {
-        let mut capture = Capture::load(config, false)?;
+        let mut capture = Capture::load(config, observer::sys::capture::RingSizes::default(), false)?;
         for name in [program::TC_INGRESS, program::TC_EGRESS, program::TC_EMPTY, TC_FLOOR] {
             capture.classifier(name)?;
         }

@@ -16,7 +16,7 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use observer::{
     model::events::{self, Event},
-    sys::capture::{Capture, Counters},
+    sys::capture::{Capture, Counters, RingSizes},
     sys::sockets::TcpState::{self, *},
     sys::sockprogs::{self, PROGRAMS, SockEvent, SockEventKind, SockEvents},
 };
@@ -46,9 +46,10 @@ impl Agent {
             .enter(sockprogs::current_netns)
             .expect("entering the namespace")
             .expect("reading the namespace inode");
-        let mut capture = Capture::load(&Config::default(), false).expect("loading the object");
+        let mut capture =
+            Capture::load(&Config::default(), RingSizes::sockets_only(), false).expect("loading the object");
         let setup = sockprogs::attach_socket_events(&mut capture, netns).expect("attaching the socket programs");
-        let ring = capture.take_events().expect("the ring buffer");
+        let ring = capture.take_sock_events().expect("the socket ring buffer");
         Agent {
             capture,
             ring,
@@ -578,7 +579,7 @@ fn listener_queues_and_synack_retransmits_agree_with_ss() {
     let queues = pair
         .b
         .enter(|| {
-            let mut capture = Capture::load(&Config::default(), false)?;
+            let mut capture = Capture::load(&Config::default(), RingSizes::sockets_only(), false)?;
             sockprogs::listener_queues(&mut capture)
         })
         .expect("entering the namespace")

@@ -24,7 +24,7 @@ use crate::{
     cli::QueuesArgs,
     model::events::{self, Event},
     model::link::{Input, StateChange},
-    sys::capture::{Capture, CaptureError},
+    sys::capture::{Capture, CaptureError, RingSizes},
     sys::privileges,
     sys::sockets::{
         Socket, TcpState,
@@ -280,10 +280,10 @@ async fn live(
 ) -> anyhow::Result<()> {
     crate::sys::preflight::check_privileges()
         .context("the live view follows the kernel's state changes (--once does not)")?;
-    let mut capture = Capture::load(&Config::default(), false)?;
+    let mut capture = Capture::load(&Config::default(), RingSizes::sockets_only(), false)?;
     let netns = sockprogs::current_netns().map_err(CaptureError::from)?;
     sockprogs::attach_socket_events(&mut capture, netns)?;
-    let ring = capture.take_events()?;
+    let ring = capture.take_sock_events()?;
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)

@@ -8,9 +8,12 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use observer_common::{Counter, record::Snap};
+use observer_common::{Counter, record::Snap, sock::SockRecord};
 use tokio::{
-    io::{Interest, unix::AsyncFd},
+    io::{
+        Interest,
+        unix::{AsyncFd, AsyncFdReadyMutGuard},
+    },
     signal::unix::{SignalKind, signal},
 };
 
@@ -68,7 +71,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         HookKind::Xdp => Hook::Xdp(args.xdp_mode.into()),
     };
 
-    let mut capture = Capture::load(&config, args.ebpf_log)?;
+    let mut capture = Capture::load(&config, args.rings(), args.ebpf_log)?;
     let logger = if args.ebpf_log {
         Some(capture.ebpf_logger()?)
     } else {
@@ -102,11 +105,12 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         let (l, r) = link_sockets(&mut capture, renderer.flows_mut())?;
         (Some(l), Some(r))
     };
-    let ring = capture.take_events()?;
-    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
-        .context("registering the ring buffer with tokio")?;
+    let mut ring = register_ring(capture.take_events()?)?;
+    let mut sock_ring = match linker {
+        Some(_) => Some(register_ring(capture.take_sock_events()?)?),
+        None => None,
+    };
+    let mut sock_batch = Vec::new();
     let mut logger = match logger {
         // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd holds it.
         Some(l) => Some(
@@ -161,16 +165,15 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let mut open = true;
     while open {
         tokio::select! {
-            guard = ring.readable_mut() => match guard {
-                Ok(mut guard) => {
-                    open = drain(guard.get_inner_mut(), linker.as_mut(), reasons.as_ref(), &mut printer);
-                    guard.clear_ready();
-                }
-                Err(e) => {
-                    fault = Some(Fault::Ring(e));
-                    open = false;
-                }
-            },
+            guard = ring.readable_mut() => {
+                open = cleared(guard, &mut fault)
+                    && drain(Rings::of(&mut ring, &mut sock_ring, &mut sock_batch), linker.as_mut(), reasons.as_ref(), &mut printer);
+            }
+            guard = async { sock_ring.as_mut().expect("only polled when present").readable_mut().await },
+                if sock_ring.is_some() => {
+                open = cleared(guard, &mut fault)
+                    && drain(Rings::of(&mut ring, &mut sock_ring, &mut sock_batch), linker.as_mut(), reasons.as_ref(), &mut printer);
+            }
             _ = watch_tick.tick() => {
                 fault = watchdog.check();
                 open = fault.is_none();
@@ -206,7 +209,12 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
 
     let counters = capture.detach()?;
     // Records submitted before the programs went away are still worth printing.
-    drain(ring.get_mut(), linker.as_mut(), reasons.as_ref(), &mut printer);
+    drain(
+        Rings::of(&mut ring, &mut sock_ring, &mut sock_batch),
+        linker.as_mut(),
+        reasons.as_ref(),
+        &mut printer,
+    );
     if let Some(l) = linker.as_mut() {
         printer.emit_all(l.flush_all());
     }
@@ -457,52 +465,128 @@ impl<W: Write> Printer<W> {
     }
 }
 
-/// Takes every record waiting in the ring: into the linker when there is one, else straight to the output.
-/// Returns false once the agent should stop.
+/// A ring buffer registered with tokio.
+fn register_ring(ring: RingBuf<MapData>) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
+    unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+        .context("registering the ring buffer with tokio")
+}
+
+/// The two rings one drain reads, and the reused buffer the socket events wait in meanwhile.
+struct Rings<'a> {
+    packets: &'a mut RingBuf<MapData>,
+    sockets: Option<&'a mut RingBuf<MapData>>,
+    batch: &'a mut Vec<SockRecord>,
+}
+
+impl<'a> Rings<'a> {
+    fn of(
+        packets: &'a mut AsyncFd<RingBuf<MapData>>,
+        sockets: &'a mut Option<AsyncFd<RingBuf<MapData>>>,
+        batch: &'a mut Vec<SockRecord>,
+    ) -> Self {
+        Rings {
+            packets: packets.get_mut(),
+            sockets: sockets.as_mut().map(AsyncFd::get_mut),
+            batch,
+        }
+    }
+}
+
+/// Clears a ring's readiness before it is read (a record submitted meanwhile makes it ready again); false, with
+/// the fault, when polling failed.
+fn cleared(guard: io::Result<AsyncFdReadyMutGuard<'_, RingBuf<MapData>>>, fault: &mut Option<Fault>) -> bool {
+    match guard {
+        Ok(mut g) => {
+            g.clear_ready();
+            true
+        }
+        Err(e) => {
+            *fault = Some(Fault::Ring(e));
+            false
+        }
+    }
+}
+
+/// Takes every record waiting in both rings, merged in kernel-time order: into the linker when there is one,
+/// else straight to the output. Returns false once the agent should stop.
+///
+/// The socket ring is read first: a state change that an arriving segment caused was submitted after that
+/// segment, so the segment is in the packet ring by then.
 fn drain(
-    ring: &mut RingBuf<MapData>,
+    rings: Rings<'_>,
     mut linker: Option<&mut Linker<LiveKernel>>,
     reasons: Option<&ReasonNames>,
     p: &mut Printer<impl Write>,
 ) -> bool {
-    while let Some(item) = ring.next() {
-        if p.done() {
-            continue;
-        }
-        let event: Event = match events::decode(&item) {
-            Ok(e) => e,
-            Err(_) => {
-                p.stats.decode_errors += 1;
-                continue;
+    rings.batch.clear();
+    if let Some(sockets) = rings.sockets {
+        while let Some(item) = sockets.next() {
+            match events::decode(&item) {
+                Ok(Event::Sock(rec)) => rings.batch.push(rec),
+                _ => p.stats.decode_errors += 1,
             }
-        };
-        let input = match event {
-            Event::Tcp(rec, snap) => Input::Segment(rec, snap.map(Box::new)),
-            Event::Arp(rec, snap) => Input::Arp(rec, snap.map(Box::new)),
-            Event::Sock(rec) => {
-                let name =
-                    |event: u8, reason: u32| reasons.map_or_else(|| reason.to_string(), |r| r.name(event, reason));
-                match Input::from_sock(&rec, name) {
-                    Some(i) => i,
-                    None => continue,
+        }
+    }
+    let mut socks = rings.batch.drain(..).peekable();
+    loop {
+        let event = match rings.packets.next() {
+            Some(item) => match events::decode(&item) {
+                Ok(e) => e,
+                Err(_) => {
+                    p.stats.decode_errors += 1;
+                    continue;
                 }
-            }
+            },
+            None => break,
         };
-        match linker.as_deref_mut() {
-            Some(l) => l.push(input),
-            None => {
-                let output = match input {
-                    Input::Segment(rec, bytes) => Output::Segment(rec, None, bytes),
-                    Input::Arp(rec, bytes) => Output::Arp(rec, bytes),
-                    _ => continue,
-                };
-                p.emit(output);
-            }
+        let ts = event.header().map_or(0, |h| h.ts_ns);
+        while let Some(rec) = socks.next_if(|s| s.ts_ns <= ts) {
+            take(Event::Sock(rec), linker.as_deref_mut(), reasons, p);
         }
+        take(event, linker.as_deref_mut(), reasons, p);
+    }
+    for rec in socks {
+        take(Event::Sock(rec), linker.as_deref_mut(), reasons, p);
     }
     p.flush_out();
     p.flush_pcap();
     !p.done()
+}
+
+/// One decoded record: into the linker when there is one, else straight to the output.
+fn take(
+    event: Event,
+    linker: Option<&mut Linker<LiveKernel>>,
+    reasons: Option<&ReasonNames>,
+    p: &mut Printer<impl Write>,
+) {
+    if p.done() {
+        return;
+    }
+    let input = match event {
+        Event::Tcp(rec, snap) => Input::Segment(rec, snap.map(Box::new)),
+        Event::Arp(rec, snap) => Input::Arp(rec, snap.map(Box::new)),
+        Event::Sock(rec) => {
+            let name = |event: u8, reason: u32| reasons.map_or_else(|| reason.to_string(), |r| r.name(event, reason));
+            match Input::from_sock(&rec, name) {
+                Some(i) => i,
+                None => return,
+            }
+        }
+    };
+    match linker {
+        Some(l) => l.push(input),
+        None => {
+            let output = match input {
+                Input::Segment(rec, bytes) => Output::Segment(rec, None, bytes),
+                Input::Arp(rec, bytes) => Output::Arp(rec, bytes),
+                _ => return,
+            };
+            p.emit(output);
+        }
+    }
 }
 
 /// The exit report: dropped records first, then the analysis (connections, handshake RTT, retransmissions,

@@ -1,7 +1,8 @@
 //! Linking the wire to the kernel's sockets: each segment gets the socket it belongs to, the state changes it
 //! caused and, at a listener, the queues it met and whether the kernel dropped it.
 //!
-//! Records arrive in ring-buffer order. Every item waits [`Linker::hold_ns`] of kernel time so that the effects
+//! Records arrive from two rings (packets, socket events), each in its own order; the queue keeps them in
+//! kernel-time order. Every item waits [`Linker::hold_ns`] of kernel time so that the effects
 //! of a segment are known before its line is printed: an ingress segment is processed by the stack right after
 //! TC saw it, so the state changes it causes follow it; the state change behind an egress segment (connect,
 //! close) precedes it. A SYN without a SYN-ACK within the hold was dropped; which counter rose tells why.
@@ -533,12 +534,18 @@ impl<K: Kernel> Linker<K> {
             }
             _ => {}
         }
-        self.queue.push_back(Entry {
-            id,
-            ts,
-            input,
-            claimed: false,
-        });
+        // The two rings are read in turn: an item may be older than the last one queued, never by more than a
+        // read's worth, so the search from the back is short.
+        let at = self.queue.iter().rposition(|e| e.ts <= ts).map_or(0, |i| i + 1);
+        self.queue.insert(
+            at,
+            Entry {
+                id,
+                ts,
+                input,
+                claimed: false,
+            },
+        );
     }
 
     /// Returns every item whose hold has passed at `now_ns` (boot-time ns), with its socket side.
@@ -1156,8 +1163,8 @@ mod tests {
         assert_eq!(l.drops.get("accept_queue_full"), Some(&1));
     }
 
-    #[test]
-    fn an_active_close_shows_each_transition_next_to_its_segment() {
+    /// An active close's segments and state changes, pushed in the order `order` gives; the links released.
+    fn active_close(order: impl FnOnce(Vec<Input>) -> Vec<Input>) -> Vec<String> {
         let mut k = Script::default();
         let t = server_tuple();
         k.time_wait.push(t);
@@ -1167,16 +1174,25 @@ mod tests {
             TcpState::Established,
         )];
         let mut l = Linker::new(&mut k, &table, DEFAULT_HOLD_NS);
-        l.push(state(0, t, TcpState::Established, TcpState::FinWait1));
-        l.push(seg(1, false, true, TCP_FIN | TCP_ACK));
-        l.push(seg(2, true, false, TCP_ACK));
-        l.push(state(3, t, TcpState::FinWait1, TcpState::FinWait2));
-        l.push(seg(4, true, false, TCP_FIN | TCP_ACK));
-        l.push(state(5, t, TcpState::FinWait2, TcpState::Close));
-        l.push(seg(6, false, true, TCP_ACK));
-        let out = l.flush(1_000_000_000);
+        let inputs = vec![
+            state(0, t, TcpState::Established, TcpState::FinWait1),
+            seg(1, false, true, TCP_FIN | TCP_ACK),
+            seg(2, true, false, TCP_ACK),
+            state(3, t, TcpState::FinWait1, TcpState::FinWait2),
+            seg(4, true, false, TCP_FIN | TCP_ACK),
+            state(5, t, TcpState::FinWait2, TcpState::Close),
+            seg(6, false, true, TCP_ACK),
+        ];
+        for input in order(inputs) {
+            l.push(input);
+        }
+        links(&l.flush(1_000_000_000))
+    }
+
+    #[test]
+    fn an_active_close_shows_each_transition_next_to_its_segment() {
         assert_eq!(
-            links(&out),
+            active_close(|inputs| inputs),
             [
                 "ESTABLISHED→FIN_WAIT1",
                 "FIN_WAIT1→FIN_WAIT2",
@@ -1184,6 +1200,17 @@ mod tests {
                 "TIME_WAIT",
             ]
         );
+    }
+
+    #[test]
+    fn state_changes_read_from_their_own_ring_after_the_segments_fall_into_kernel_time_order() {
+        let in_order = active_close(|inputs| inputs);
+        let segments_first = active_close(|inputs| {
+            let (states, segments): (Vec<Input>, Vec<Input>) =
+                inputs.into_iter().partition(|i| matches!(i, Input::State(_)));
+            segments.into_iter().chain(states).collect()
+        });
+        assert_eq!(segments_first, in_order);
     }
 
     #[test]

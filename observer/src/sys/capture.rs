@@ -1,5 +1,5 @@
 //! The kernel side from the agent's seat: load the programs, configure them, attach them to an interface,
-//! and read their ring buffer and counters. Dropping a [`Capture`] detaches everything.
+//! and read their ring buffers and counters. Dropping a [`Capture`] detaches everything.
 
 use std::{io, path::PathBuf};
 
@@ -16,7 +16,7 @@ use observer_common::{
     Config, Counter,
     config::CONFIG_MAP,
     counter::{COUNTER_COUNT, COUNTERS_MAP, CounterValues},
-    record::EVENTS_MAP,
+    record::{EVENTS_MAP, RING_BYTES, SOCK_EVENTS_MAP, SOCK_RING_BYTES},
 };
 
 /// The compiled kernel programs (observer-ebpf), embedded at build time.
@@ -178,6 +178,36 @@ fn held_programs() -> std::collections::HashSet<u32> {
     held
 }
 
+/// The sizes of the two ring buffers, in bytes: each a power of two and a whole number of pages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingSizes {
+    /// `EVENTS`: the packet records.
+    pub packets: u32,
+    /// `SOCK_EVENTS`: the socket programs' records.
+    pub sockets: u32,
+}
+
+impl Default for RingSizes {
+    fn default() -> Self {
+        RingSizes {
+            packets: RING_BYTES,
+            sockets: SOCK_RING_BYTES,
+        }
+    }
+}
+
+impl RingSizes {
+    /// The default socket ring and a packet ring of one page, for a command that attaches no packet program.
+    pub fn sockets_only() -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let page = u32::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        RingSizes {
+            packets: page,
+            ..RingSizes::default()
+        }
+    }
+}
+
 /// The loaded programs and their maps.
 pub struct Capture {
     pub(crate) ebpf: Ebpf,
@@ -187,17 +217,19 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Loads the object (maps are created, programs not yet verified) and writes `config`.
+    /// Loads the object (maps are created with `rings`' sizes, programs not yet verified) and writes `config`.
     ///
     /// With `ebpf_log` the programs' aya-log diagnostics are compiled in at debug level; without it the
     /// verifier prunes them (one log record per packet costs more than the parse).
-    pub fn load(config: &Config, ebpf_log: bool) -> Result<Self, CaptureError> {
+    pub fn load(config: &Config, rings: RingSizes, ebpf_log: bool) -> Result<Self, CaptureError> {
         if OBJECT.is_empty() {
             return Err(CaptureError::NoObject);
         }
         let level = if ebpf_log { aya_log::Level::Debug as u8 } else { 0 };
         let ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &level, true)
+            .map_max_entries(EVENTS_MAP, rings.packets)
+            .map_max_entries(SOCK_EVENTS_MAP, rings.sockets)
             .load(OBJECT)
             .map_err(CaptureError::Load)?;
         let mut capture = Capture {
@@ -355,10 +387,19 @@ impl Capture {
         &self.attached
     }
 
-    /// Takes the ring buffer all records arrive in (once).
+    /// Takes the ring buffer the packet records arrive in (once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
-        let raw = self.ebpf.take_map(EVENTS_MAP).ok_or_else(|| missing_map(EVENTS_MAP))?;
-        RingBuf::try_from(raw).map_err(map_error(EVENTS_MAP))
+        self.take_ring(EVENTS_MAP)
+    }
+
+    /// Takes the ring buffer the socket programs' records arrive in (once).
+    pub fn take_sock_events(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
+        self.take_ring(SOCK_EVENTS_MAP)
+    }
+
+    fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, CaptureError> {
+        let raw = self.ebpf.take_map(name).ok_or_else(|| missing_map(name))?;
+        RingBuf::try_from(raw).map_err(map_error(name))
     }
 
     /// Reads every counter, summed over CPUs.
