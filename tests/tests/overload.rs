@@ -1,0 +1,167 @@
+//! The agent under more than it can take: stopped (SIGSTOP) while a flood fills its packet ring, then resumed.
+//! What the user cannot lose must still arrive, and the exit report must say exactly what was lost where.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream},
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+use tests::{
+    agent::{Agent, Finished},
+    netns::{Netns, Pair},
+    require,
+};
+
+/// The flood's sink.
+const SINK_PORT: u16 = 5001;
+/// The port of the short connections made while the agent is stopped.
+const SHORT_PORT: u16 = 5002;
+/// How many short connections.
+const SHORT: usize = 20;
+/// 64-byte writes without Nagle: each its own segment, well past a 1 MiB ring of ~160-byte records.
+const FLOOD_WRITES: usize = 40_000;
+
+/// A listener on `addr:port` in `ns`, its connections handled by `serve` on a thread each, for as long as the test.
+fn listen(ns: &Netns, addr: &str, port: u16, serve: fn(TcpStream)) {
+    let bind = format!("{addr}:{port}");
+    let listener = ns
+        .enter(move || TcpListener::bind(&bind))
+        .expect("entering the server namespace")
+        .unwrap_or_else(|e| panic!("binding {addr}:{port}: {e}"));
+    thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            thread::spawn(move || serve(conn));
+        }
+    });
+}
+
+/// Reads until the peer closes.
+fn sink(mut conn: TcpStream) {
+    let mut chunk = [0u8; 65536];
+    while conn.read(&mut chunk).is_ok_and(|n| n > 0) {}
+}
+
+/// From `ns`, a connection to `to` whose client end runs `f`.
+fn client<T: Send + 'static>(ns: &Netns, to: SocketAddr, f: impl FnOnce(TcpStream) -> T + Send + 'static) -> T {
+    ns.enter(move || f(TcpStream::connect_timeout(&to, tests::wait()).expect("connect")))
+        .expect("entering the client namespace")
+}
+
+/// The transitions the run printed for the connection from client port `port`: on its segments' lines
+/// (`socket.transitions`) and on kernel lines of its own.
+fn transitions_of(f: &Finished, port: u16) -> Vec<(String, String)> {
+    let remote = format!(":{port}");
+    let mut out = Vec::new();
+    for v in f.stdout.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()) {
+        let upper = |s: &Value| s.as_str().map(kernel_name).unwrap_or_default();
+        match v["proto"].as_str() {
+            Some("tcp") if v["sport"] == port || v["dport"] == port => {
+                for t in v["socket"]["transitions"].as_array().into_iter().flatten() {
+                    out.push((upper(&t[0]), upper(&t[1])));
+                }
+            }
+            Some("kernel") if v["event"] == "state" && v["remote"].as_str().is_some_and(|r| r.ends_with(&remote)) => {
+                out.push((upper(&v["old"]), upper(&v["new"])));
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The kernel's name of a state as a segment line's JSON spells it (`SynRecv` is `SYN_RECV`).
+fn kernel_name(s: &str) -> String {
+    if !s.bytes().any(|b| b.is_ascii_lowercase()) {
+        return s.to_owned();
+    }
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+#[test]
+fn socket_events_survive_a_packet_ring_overflow_while_the_agent_is_stopped() {
+    if !require::root("socket_events_survive_a_packet_ring_overflow") {
+        return;
+    }
+    let pair = Pair::new("ov", 242).expect("veth pair");
+    listen(&pair.b, &pair.b_addr, SINK_PORT, sink);
+    // The server closes first, so each connection goes through the whole teardown on the server's side too.
+    listen(&pair.b, &pair.b_addr, SHORT_PORT, drop);
+    let mut agent = Agent::start(&pair.b, &["watch", "-i", &pair.b_if, "--json", "--ring-mb", "1"]).expect("agent");
+
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) }, 0, "SIGSTOP");
+    let sink_at: SocketAddr = format!("{}:{SINK_PORT}", pair.b_addr).parse().expect("address");
+    client(&pair.a, sink_at, |mut c| {
+        c.set_nodelay(true).expect("TCP_NODELAY");
+        for _ in 0..FLOOD_WRITES {
+            c.write_all(&[0x5a; 64]).expect("flood write");
+        }
+    });
+    let short_at: SocketAddr = format!("{}:{SHORT_PORT}", pair.b_addr).parse().expect("address");
+    let ports: Vec<u16> = (0..SHORT)
+        .map(|_| {
+            client(&pair.a, short_at, |mut c| {
+                let port = c.local_addr().expect("local address").port();
+                // The server's FIN: the connection is closed at both ends before the next one.
+                c.set_read_timeout(Some(tests::wait())).expect("read timeout");
+                let _ = c.read(&mut [0u8; 1]);
+                port
+            })
+        })
+        .collect();
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGCONT) }, 0, "SIGCONT");
+
+    // Wait (bounded) for the last connection's FIN_WAIT2, then stop; a miss shows in the assertions.
+    let last = format!(":{}\"", ports[SHORT - 1]);
+    let mut seen = Vec::new();
+    agent.wait_for(
+        |l| l.contains(&last) && (l.contains("FIN_WAIT2") || l.contains("FinWait2")),
+        tests::wait(),
+        &mut seen,
+    );
+    thread::sleep(Duration::from_millis(300));
+    let mut f = agent.stop(libc::SIGINT).expect("stopping observer");
+    seen.append(&mut f.stdout);
+    f.stdout = seen;
+
+    assert_eq!(f.code, Some(0), "{:#?}", f.stderr);
+    let packets_lost = f
+        .stderr
+        .iter()
+        .find_map(|l| l.strip_prefix("dropped records (ring buffer full): "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no dropped-records line: {:#?}", f.stderr));
+    assert!(
+        packets_lost > 0,
+        "the flood never filled the 1 MiB packet ring: {:#?}",
+        f.stderr
+    );
+    assert_eq!(
+        f.count_before("socket events:", "lost"),
+        Some(0),
+        "socket events were lost beside a full packet ring: {:#?}",
+        f.stderr
+    );
+    for port in ports {
+        let seen = transitions_of(&f, port);
+        for want in [("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED")] {
+            assert!(
+                seen.iter().any(|(a, b)| (a.as_str(), b.as_str()) == want),
+                "client port {port}: no {}→{} among {seen:?}",
+                want.0,
+                want.1
+            );
+        }
+    }
+}
