@@ -205,6 +205,8 @@ impl Sources {
             _ => HashMap::new(),
         };
         let mut listeners = listeners;
+        let inodes: Vec<u64> = listeners.iter().map(|r| r.inode).collect();
+        self.processes.find(&inodes);
         for r in &mut listeners {
             r.process = (r.inode != 0).then(|| self.processes.get(r.inode).cloned()).flatten();
         }

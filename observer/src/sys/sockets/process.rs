@@ -9,9 +9,10 @@
 
 use std::{
     collections::HashMap,
+    ffi::CString,
     fs,
     io::Read as _,
-    os::unix::ffi::OsStrExt as _,
+    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -100,6 +101,21 @@ impl ProcessMap {
 
     /// Rescans every process now.
     pub fn refresh(&mut self) {
+        self.scan(&[]);
+    }
+
+    /// Makes the owners of `wanted` known: unless each is known already or the last scan was less than the
+    /// interval ago, rescans in /proc order and stops once each has its owner. Other inodes found on the way
+    /// are kept; `get` rescans for the rest when due.
+    pub fn find(&mut self, wanted: &[u64]) {
+        let due = self.scanned_at.is_none_or(|at| at.elapsed() >= self.interval);
+        if due && wanted.iter().any(|i| *i != 0 && !self.inodes.contains_key(i)) {
+            self.scan(wanted);
+        }
+    }
+
+    /// Scans processes in /proc order, all of them or until every inode of `until` has its owner.
+    fn scan(&mut self, until: &[u64]) {
         self.owners.clear();
         self.inodes.clear();
         for pid in pids(&self.root) {
@@ -112,6 +128,9 @@ impl ProcessMap {
             if let Some(owner) = owner(&dir, pid) {
                 self.inodes.extend(new.into_iter().map(|inode| (inode, pid)));
                 self.owners.insert(pid, owner);
+            }
+            if !until.is_empty() && until.iter().all(|i| *i == 0 || self.inodes.contains_key(i)) {
+                break;
             }
         }
         self.scanned_at = Some(Instant::now());
@@ -140,12 +159,17 @@ fn pids(root: &Path) -> Vec<u32> {
 
 /// Inodes of the sockets among `dir`/fd/*.
 fn socket_inodes(dir: &Path) -> Vec<u64> {
-    let Ok(fds) = fs::read_dir(dir.join("fd")) else {
+    let fd_dir = dir.join("fd");
+    let (Ok(fds), Ok(handle)) = (fs::read_dir(&fd_dir), fs::File::open(&fd_dir)) else {
         return Vec::new();
     };
+    let mut link = [0u8; 64];
     fds.filter_map(|fd| {
-        let target = fs::read_link(fd.ok()?.path()).ok()?;
-        socket_inode(target.as_os_str().as_bytes())
+        let name = CString::new(fd.ok()?.file_name().as_bytes()).ok()?;
+        // Relative to the open fd directory: no path walk from / for each of a busy server's many fds.
+        // SAFETY: `handle` is an open directory, `name` NUL-terminated, `link` writable for its length.
+        let n = unsafe { libc::readlinkat(handle.as_raw_fd(), name.as_ptr(), link.as_mut_ptr().cast(), link.len()) };
+        socket_inode(link.get(..usize::try_from(n).ok()?)?)
     })
     .collect()
 }
@@ -315,5 +339,21 @@ mod tests {
         fs::remove_dir_all(proc.0.join("10")).unwrap();
         slow.refresh();
         assert_eq!(slow.get(1), None);
+    }
+
+    #[test]
+    fn find_stops_at_the_first_holders_of_what_it_wants() {
+        let proc = FakeProc::new("find");
+        proc.process(10, b"/bin/a\0", "a", &["socket:[1]", "socket:[7]"]);
+        proc.process(20, b"/bin/b\0", "b", &["socket:[2]", "socket:[7]"]);
+        proc.process(30, b"/bin/c\0", "c", &["socket:[3]"]);
+        let mut map = ProcessMap::with_root(&proc.0, Duration::from_secs(3600));
+        map.find(&[7, 2, 0]);
+        // The first holder in /proc order keeps a shared inode, as in a full scan.
+        assert_eq!(map.get(7).map(|o| o.pid), Some(10));
+        assert_eq!(map.get(2).map(|o| o.pid), Some(20));
+        assert_eq!(map.get(3), None, "pid 30 was scanned although pid 20 completed the set");
+        map.refresh();
+        assert_eq!(map.get(3).map(|o| o.pid), Some(30));
     }
 }
