@@ -16,15 +16,17 @@ use crate::{
 /// `observer netstat`: prints the table as `netstat -ant[Wpeo]`, as `ss -tan` (`--ss`) or as JSON lines.
 pub fn run(args: &NetstatArgs) -> anyhow::Result<()> {
     let table = Table::read(args.source.into()).context("reading the socket table")?;
-    let text = if args.json {
-        let mut out = String::new();
+    let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    if args.json {
         for s in &table.sockets {
-            out.push_str(&serde_json::to_string(s).context("encoding a socket as JSON")?);
-            out.push('\n');
+            // An io::Error keeps a closed pipe recognisable (it ends quietly).
+            serde_json::to_writer(&mut out, s)
+                .map_err(io::Error::from)
+                .and_then(|()| out.write_all(b"\n"))
+                .context("writing to stdout")?;
         }
-        out
     } else if args.ss {
-        ss::render(&table, ss::screen_width())
+        ss::write(&table, ss::screen_width(), &mut out).context("writing to stdout")?;
     } else {
         let opts = netstat::Options {
             wide: args.wide,
@@ -37,13 +39,13 @@ pub fn run(args: &NetstatArgs) -> anyhow::Result<()> {
         if args.programs {
             owners.refresh();
         }
-        netstat::render(&table.sockets, &opts, |inode| {
-            owners.get(inode).map(|o| o.netstat_label())
-        })
-    };
-    let mut stdout = io::stdout().lock();
-    stdout
-        .write_all(text.as_bytes())
-        .and_then(|()| stdout.flush())
-        .context("writing to stdout")
+        netstat::write(
+            &table.sockets,
+            &opts,
+            |inode| owners.get(inode).map(|o| o.netstat_label()),
+            &mut out,
+        )
+        .context("writing to stdout")?;
+    }
+    out.flush().context("writing to stdout")
 }

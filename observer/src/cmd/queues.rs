@@ -86,17 +86,23 @@ pub fn rows_from_table(table: &[Socket]) -> Vec<ListenerRow> {
     let listeners: Vec<Socket> = table.iter().filter(|s| s.state == TcpState::Listen).cloned().collect();
     let mut rows: Vec<ListenerRow> = listeners.iter().map(row_of).collect();
     for s in table {
-        let Some(i) = listener_for(&listeners, s.local) else {
-            continue;
-        };
-        match s.state.normalized() {
-            TcpState::SynRecv => rows[i].synq += 1,
-            TcpState::Established => rows[i].established += 1,
-            _ => {}
-        }
+        count(&mut rows, &listeners, s);
     }
     rows.sort_by_key(|r| (r.addr.port(), r.addr));
     rows
+}
+
+/// Counts `s` in the row of its listener (`rows` in the order of `listeners`): a request sock or SYN_RECV socket
+/// in its SYN queue, an established one among its children.
+fn count(rows: &mut [ListenerRow], listeners: &[Socket], s: &Socket) {
+    let Some(i) = listener_for(listeners, s.local) else {
+        return;
+    };
+    match s.state.normalized() {
+        TcpState::SynRecv => rows[i].synq += 1,
+        TcpState::Established => rows[i].established += 1,
+        _ => {}
+    }
 }
 
 fn row_of(l: &Socket) -> ListenerRow {
@@ -218,8 +224,9 @@ impl Sources {
         }
     }
 
-    /// Listeners and their SYN queues now, keeping established counts from `previous`.
-    pub fn refresh(&mut self, previous: &[ListenerRow]) -> anyhow::Result<(Vec<Socket>, Vec<ListenerRow>)> {
+    /// Listeners and their SYN queues now, keeping established counts from `previous` (counted now, in the
+    /// same dump as the request socks, when there is none).
+    pub fn refresh(&mut self, previous: Option<&[ListenerRow]>) -> anyhow::Result<(Vec<Socket>, Vec<ListenerRow>)> {
         let listeners = self.diag.dump(&Query::listeners())?;
         let mut rows: Vec<ListenerRow> = listeners.iter().map(row_of).collect();
         // One dump of the request socks for every listener, since each dump walks the whole table in the
@@ -229,14 +236,17 @@ impl Sources {
         } else {
             Families::V4
         };
-        let query = Query::in_states(&[TcpState::SynRecv, TcpState::NewSynRecv]).of(families);
-        self.diag.dump_with(&query, |req| {
-            if let Some(i) = listener_for(&listeners, req.local) {
-                rows[i].synq += 1;
-            }
+        let mut states = vec![TcpState::SynRecv, TcpState::NewSynRecv];
+        if previous.is_none() {
+            states.push(TcpState::Established);
+        }
+        self.diag.dump_with(&Query::in_states(&states).of(families), |s| {
+            count(&mut rows, &listeners, &s)
         })?;
-        for r in &mut rows {
-            r.established = previous.iter().find(|p| p.addr == r.addr).map_or(0, |p| p.established);
+        if let Some(previous) = previous {
+            for r in &mut rows {
+                r.established = previous.iter().find(|p| p.addr == r.addr).map_or(0, |p| p.established);
+            }
         }
         rows.sort_by_key(|r| (r.addr.port(), r.addr));
         Ok((listeners, rows))
@@ -246,11 +256,7 @@ impl Sources {
 /// Runs `observer queues`.
 pub async fn run(args: &QueuesArgs) -> anyhow::Result<()> {
     let mut sources = Sources::open()?;
-    let table = sources.diag.dump(&Query {
-        meminfo: true,
-        ..Query::all()
-    })?;
-    let rows = rows_from_table(&table);
+    let (_, rows) = sources.refresh(None)?;
     let stdout = std::io::stdout();
     let tty = stdout.is_terminal() && !args.json;
     let print = |s: &Snapshot| -> anyhow::Result<()> {
@@ -290,7 +296,7 @@ async fn live(
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
         .context("registering the ring buffer with tokio")?;
-    let (mut listeners, _) = sources.refresh(&rows)?;
+    let (mut listeners, _) = sources.refresh(Some(&rows))?;
     privileges::drop_all_but(privileges::Needs {
         processes: true,
         netlink_tc: false,
@@ -302,7 +308,7 @@ async fn live(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let (l, r) = sources.refresh(&rows)?;
+                let (l, r) = sources.refresh(Some(&rows))?;
                 listeners = l;
                 rows = r;
                 print(&sources.snapshot(rows.clone()))?;

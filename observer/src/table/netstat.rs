@@ -122,18 +122,31 @@ pub fn row(s: &Socket, opts: &Options, program: Option<&str>) -> String {
 }
 
 /// The whole listing: header and one line per socket; `program` gives the PID/Program name cell of an inode.
-pub fn render(sockets: &[Socket], opts: &Options, mut program: impl FnMut(u64) -> Option<String>) -> String {
-    let mut out = header(opts);
+pub fn render(sockets: &[Socket], opts: &Options, program: impl FnMut(u64) -> Option<String>) -> String {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = write(sockets, opts, program, &mut out);
+    String::from_utf8(out).expect("the listing is UTF-8")
+}
+
+/// Writes the listing to `out` line by line.
+pub fn write(
+    sockets: &[Socket],
+    opts: &Options,
+    mut program: impl FnMut(u64) -> Option<String>,
+    out: &mut impl std::io::Write,
+) -> std::io::Result<()> {
+    out.write_all(header(opts).as_bytes())?;
     for s in sockets {
         let cell = if opts.programs && s.inode != 0 {
             program(s.inode)
         } else {
             None
         };
-        out.push_str(&row(s, opts, cell.as_deref()));
-        out.push('\n');
+        out.write_all(row(s, opts, cell.as_deref()).as_bytes())?;
+        out.write_all(b"\n")?;
     }
-    out
+    Ok(())
 }
 
 /// One data row of `netstat -ant` output.

@@ -2,7 +2,11 @@
 //! its widest cell, header included (`render_calc_width`); on a terminal the spare width is spread over the
 //! columns. Also the reader of ss's own output that `observer compare` uses.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    fmt::Write as _,
+    io,
+    net::{IpAddr, SocketAddr},
+};
 
 use super::Table;
 use crate::sys::sockets::{Socket, TcpState};
@@ -69,19 +73,19 @@ pub fn send_q(s: &Socket) -> u32 {
     }
 }
 
-/// The cells of one row (a listener's Recv-Q is its accept queue).
-fn cells(s: &Socket, v6only: bool) -> [String; 9] {
-    [
-        s.state.ss_name().to_string(),
-        format!("{:<6}", s.recv_q),
-        format!("{:<6}", send_q(s)),
-        format!("{}:", host(s.local.ip(), v6only)),
-        port(s.local.port()),
-        format!("{}:", host(s.remote.ip(), v6only)),
-        port(s.remote.port()),
-        String::new(),
-        String::new(),
-    ]
+/// Writes the cells of one row into `cells`, reusing their buffers (a listener's Recv-Q is its accept queue).
+fn cells(s: &Socket, v6only: bool, cells: &mut [String; 9]) {
+    for c in cells.iter_mut() {
+        c.clear();
+    }
+    // Writing into a String cannot fail.
+    let _ = write!(cells[0], "{}", s.state.ss_name());
+    let _ = write!(cells[1], "{:<6}", s.recv_q);
+    let _ = write!(cells[2], "{:<6}", send_q(s));
+    let _ = write!(cells[3], "{}:", host(s.local.ip(), v6only));
+    cells[4].push_str(&port(s.local.port()));
+    let _ = write!(cells[5], "{}:", host(s.remote.ip(), v6only));
+    cells[6].push_str(&port(s.remote.port()));
 }
 
 /// The width of stdout when it is a terminal (ss spreads the columns over it), `None` otherwise.
@@ -101,12 +105,12 @@ pub fn screen_width() -> Option<usize> {
 
 /// Column widths: the widest cell (plus the delimiter, except in the first non-empty column), then, on a
 /// screen of `screen` columns, the spare width spread over the columns of each screen line.
-fn widths(lines: &[[String; 9]], screen: Option<usize>) -> [usize; 9] {
+fn widths(max_lens: [usize; 9], screen: Option<usize>) -> [usize; 9] {
     let limit = screen.unwrap_or(usize::MAX);
     let mut widths = [0; 9];
     let mut first = true;
     for (i, col) in COLUMNS.iter().enumerate() {
-        let max_len = lines.iter().map(|cells| cells[i].len()).max().unwrap_or(0);
+        let max_len = max_lens[i];
         let width = if !first && max_len > 0 {
             max_len + col.ldelim.len()
         } else {
@@ -167,33 +171,58 @@ fn spread(widths: &mut [usize; 9], screen: usize) {
 
 /// The whole `ss -tan` listing for `table`; `screen` is the terminal width (`None` when not a terminal).
 pub fn render(table: &Table, screen: Option<usize>) -> String {
-    let mut lines: Vec<[String; 9]> = Vec::with_capacity(table.sockets.len() + 1);
-    lines.push(COLUMNS.map(|c| c.header.to_string()));
-    lines.extend(table.sockets.iter().map(|s| cells(s, table.v6only(s))));
-    let widths = widths(&lines, screen);
-    let mut out = String::new();
-    for cells in &lines {
-        for (i, (col, cell)) in COLUMNS.iter().zip(cells).enumerate() {
-            let mut printed = 0;
-            if i > 0 {
-                out.push_str(col.ldelim);
-                printed = col.ldelim.len();
-            }
-            let width = widths[i];
-            if col.align == Align::Right && width > 0 {
-                let pad = width.saturating_sub(cell.len() + printed);
-                out.extend(std::iter::repeat_n(' ', pad));
-                printed += pad;
-            }
-            out.push_str(cell);
-            printed += cell.len();
-            if col.align == Align::Left && width > 0 {
-                out.extend(std::iter::repeat_n(' ', width.saturating_sub(printed)));
-            }
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = write(table, screen, &mut out);
+    String::from_utf8(out).expect("the listing is UTF-8")
+}
+
+/// Writes the listing to `out`: every row is measured in a first pass and formatted again in the second, so
+/// nothing but the table itself is held.
+pub fn write(table: &Table, screen: Option<usize>, out: &mut impl io::Write) -> io::Result<()> {
+    let header = COLUMNS.map(|c| c.header.to_string());
+    let mut row: [String; 9] = Default::default();
+    let mut max_lens = header.each_ref().map(String::len);
+    for s in &table.sockets {
+        cells(s, table.v6only(s), &mut row);
+        for (m, c) in max_lens.iter_mut().zip(&row) {
+            *m = (*m).max(c.len());
         }
-        out.push('\n');
     }
-    out
+    let widths = widths(max_lens, screen);
+    let mut line = String::new();
+    write_line(&header, &widths, &mut line);
+    out.write_all(line.as_bytes())?;
+    for s in &table.sockets {
+        cells(s, table.v6only(s), &mut row);
+        write_line(&row, &widths, &mut line);
+        out.write_all(line.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// One screen line of `cells` laid out in `widths`, into `line` (cleared first).
+fn write_line(cells: &[String; 9], widths: &[usize; 9], line: &mut String) {
+    line.clear();
+    for (i, (col, cell)) in COLUMNS.iter().zip(cells).enumerate() {
+        let mut printed = 0;
+        if i > 0 {
+            line.push_str(col.ldelim);
+            printed = col.ldelim.len();
+        }
+        let width = widths[i];
+        if col.align == Align::Right && width > 0 {
+            let pad = width.saturating_sub(cell.len() + printed);
+            line.extend(std::iter::repeat_n(' ', pad));
+            printed += pad;
+        }
+        line.push_str(cell);
+        printed += cell.len();
+        if col.align == Align::Left && width > 0 {
+            line.extend(std::iter::repeat_n(' ', width.saturating_sub(printed)));
+        }
+    }
+    line.push('\n');
 }
 
 /// One data row of `ss -tan` output.

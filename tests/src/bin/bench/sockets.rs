@@ -173,7 +173,7 @@ fn refresh() -> anyhow::Result<usize> {
             *slot = Some(observer::cmd::queues::Sources::open()?);
         }
         let sources = slot.as_mut().expect("just opened");
-        let (_, rows) = sources.refresh(&[])?;
+        let (_, rows) = sources.refresh(Some(&[]))?;
         Ok(sources.snapshot(rows).listeners.len())
     })
 }
