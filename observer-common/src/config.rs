@@ -35,9 +35,11 @@ pub struct Config {
     pub snap: u8,
     /// Explicit padding.
     pub _pad: [u8; 3],
+    /// Bytes waiting in the packet ring above which data segments are folded (`crate::fold`); 0: never.
+    pub fold_above: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 152);
+const _: () = assert!(core::mem::size_of::<Config>() == 156);
 
 /// Maps an address of `len` 4 or 16 bytes to the 16-byte form `Config::hosts` uses.
 #[inline(always)]

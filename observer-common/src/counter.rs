@@ -21,6 +21,9 @@ pub enum Counter {
     Filtered,
     /// TCP segments left out by control-only mode.
     ControlSuppressed,
+    /// Data segments folded into their flow's counters (`FOLDED`) while the packet ring was above its
+    /// high-water mark.
+    Folded,
     /// Frames that are neither TCP over IPv4/IPv6 nor ARP (ignored, not malformed).
     NotTcpOrArp,
     /// ARP for other hardware or protocol types (ignored, not malformed).
@@ -87,6 +90,7 @@ impl Counter {
         Counter::RingFull,
         Counter::Filtered,
         Counter::ControlSuppressed,
+        Counter::Folded,
         Counter::NotTcpOrArp,
         Counter::ArpUnsupported,
         Counter::NonFirstFragment,
@@ -123,6 +127,7 @@ impl Counter {
             Counter::RingFull => "records_dropped_ring_full",
             Counter::Filtered => "filtered",
             Counter::ControlSuppressed => "control_only_suppressed",
+            Counter::Folded => "folded",
             Counter::NotTcpOrArp => "not_tcp_or_arp",
             Counter::ArpUnsupported => "arp_unsupported",
             Counter::NonFirstFragment => "non_first_fragment",

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod control;
 pub mod counter;
+pub mod fold;
 pub mod mem;
 pub mod parse;
 pub mod record;

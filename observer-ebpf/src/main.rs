@@ -34,7 +34,7 @@ use observer_common::{
 
 use crate::{
     frame::Packet,
-    maps::{CONFIG, SCRATCH_ARP, SCRATCH_TCP, TcpScratch, control_allows, count, emit, scratch},
+    maps::{CONFIG, SCRATCH_ARP, SCRATCH_TCP, TcpScratch, control_allows, count, emit, fold, scratch},
     sock::{Extra, listener_row, on_reset, on_skb, on_sock, on_synack},
 };
 
@@ -141,6 +141,9 @@ fn parse_and_emit<F: Frame>(f: &F, hook: u8, direction: u8, ifindex: u32) -> Res
                 return Err(Counter::ControlSuppressed);
             }
             stamp(&mut rec.header, hook, direction, ifindex);
+            if fold(rec, cfg.fold_above) {
+                return Ok(Counter::Folded);
+            }
             if cfg.snap == 0 {
                 return emit(rec, cfg.discard != 0);
             }

@@ -1,13 +1,15 @@
 //! The maps shared with the agent, and the small operations the programs do on them.
 
 use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA},
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use observer_common::{
     Config, Counter,
     control::{CONTROL_FLOWS_CAPACITY, ControlState, FlowKey, Update, decide},
     counter::CounterValues,
+    fold::{FOLDED_CAPACITY, FoldedFlow, foldable},
     parse::OptionBuf,
     record::{ArpSnapRecord, RING_BYTES, SOCK_RING_BYTES, TcpRecord, TcpSnapRecord},
     sock::SockConfig,
@@ -32,6 +34,10 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Kernel structure offsets and the network namespace for the socket programs (one entry).
 #[map]
 pub static SOCK_CONFIG: Array<SockConfig> = Array::with_max_entries(1, 0);
+
+/// Data segments folded per flow while the packet ring was above its high-water mark (see `observer_common::fold`).
+#[map]
+pub static FOLDED: PerCpuHashMap<FlowKey, FoldedFlow> = PerCpuHashMap::with_max_entries(FOLDED_CAPACITY, 0);
 
 /// Flows in handshake or teardown, for control-only mode.
 #[map]
@@ -115,4 +121,27 @@ pub fn control_allows(rec: &TcpRecord) -> bool {
         }
     }
     d.emit
+}
+
+/// Folds a stamped segment into its flow's counters when the packet ring holds more than `fold_above` unread
+/// bytes and the segment may be folded; true when it was (the counter to add is `Folded`).
+#[inline(always)]
+pub fn fold(rec: &TcpRecord, fold_above: u32) -> bool {
+    if fold_above == 0 || EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) <= u64::from(fold_above) {
+        return false;
+    }
+    let (key, _) = FlowKey::of(rec);
+    let entry = FOLDED.get_ptr_mut(&key);
+    if !foldable(rec, entry.is_some()) {
+        return false;
+    }
+    if let Some(p) = entry {
+        // SAFETY: this CPU's value of the entry; preemption is off while the program runs.
+        unsafe { &mut *p }.add(rec.payload_len, rec.header.ts_ns);
+        return true;
+    }
+    let mut first = FoldedFlow::default();
+    first.add(rec.payload_len, rec.header.ts_ns);
+    // A full table: the segment is recorded as usual.
+    FOLDED.insert(&key, &first, u64::from(BPF_NOEXIST)).is_ok()
 }

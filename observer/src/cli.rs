@@ -215,6 +215,10 @@ pub struct WatchArgs {
     /// Size of the socket events' ring buffer in MiB (a power of two), apart from the packets'.
     #[arg(long, value_name = "MIB", default_value_t = observer_common::record::SOCK_RING_BYTES >> 20, value_parser = ring_mib)]
     pub sock_ring_mb: u32,
+    /// While more than this percentage of the packet ring waits unread, fold data segments into one line per
+    /// flow per second (0: never); SYN, FIN, RST, handshake ACKs, ARP and socket events are always recorded.
+    #[arg(long, value_name = "PCT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=99))]
+    pub fold_above: u8,
 }
 
 /// Largest ring buffer `--ring-mb` and `--sock-ring-mb` accept, in MiB.
@@ -261,6 +265,12 @@ impl WatchArgs {
         }
     }
 
+    /// Unread bytes of the packet ring above which data segments are folded (0: never).
+    pub fn high_water(&self) -> u32 {
+        // At most 1024 MiB times 99: within u64, and the result within the ring's u32 size.
+        ((u64::from(self.ring_mb) << 20) * u64::from(self.fold_above) / 100) as u32
+    }
+
     /// The kernel-side configuration these options ask for.
     pub fn config(&self) -> Result<observer_common::Config, UsageError> {
         let mut c = observer_common::Config::default();
@@ -279,6 +289,7 @@ impl WatchArgs {
             };
         }
         c.host_count = self.hosts.len() as u8;
+        c.fold_above = self.high_water();
         c.mode = if self.control_only {
             observer_common::config::MODE_CONTROL
         } else {

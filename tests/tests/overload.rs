@@ -87,16 +87,17 @@ fn kernel_name(s: &str) -> String {
     out
 }
 
-#[test]
-fn socket_events_survive_a_packet_ring_overflow_while_the_agent_is_stopped() {
-    if !require::root("socket_events_survive_a_packet_ring_overflow") {
-        return;
-    }
-    let pair = Pair::new("ov", 242).expect("veth pair");
+/// Runs the agent with `--ring-mb 1` and `extra` on a new pair, stops it (SIGSTOP), floods its interface with
+/// 64-byte segments and makes [`SHORT`] short connections meanwhile, resumes it (SIGCONT) and stops it once the
+/// last connection shows. Returns the run and the short connections' client ports.
+fn stopped_during_a_flood(tag: &str, subnet: u8, extra: &[&str]) -> (Finished, Vec<u16>) {
+    let pair = Pair::new(tag, subnet).expect("veth pair");
     listen(&pair.b, &pair.b_addr, SINK_PORT, sink);
     // The server closes first, so each connection goes through the whole teardown on the server's side too.
     listen(&pair.b, &pair.b_addr, SHORT_PORT, drop);
-    let mut agent = Agent::start(&pair.b, &["watch", "-i", &pair.b_if, "--json", "--ring-mb", "1"]).expect("agent");
+    let mut args = vec!["watch", "-i", &pair.b_if, "--json", "--ring-mb", "1"];
+    args.extend(extra);
+    let mut agent = Agent::start(&pair.b, &args).expect("agent");
 
     // SAFETY: kill(2) on our own child.
     assert_eq!(unsafe { libc::kill(agent.pid() as i32, libc::SIGSTOP) }, 0, "SIGSTOP");
@@ -130,31 +131,40 @@ fn socket_events_survive_a_packet_ring_overflow_while_the_agent_is_stopped() {
         tests::wait(),
         &mut seen,
     );
-    thread::sleep(Duration::from_millis(300));
+    // The folded lines come each second.
+    thread::sleep(Duration::from_millis(1500));
     let mut f = agent.stop(libc::SIGINT).expect("stopping observer");
     seen.append(&mut f.stdout);
     f.stdout = seen;
-
     assert_eq!(f.code, Some(0), "{:#?}", f.stderr);
-    let packets_lost = f
-        .stderr
+    (f, ports)
+}
+
+/// The number after `prefix` on the report line that starts with it.
+fn reported(f: &Finished, prefix: &str) -> u64 {
+    f.stderr
         .iter()
-        .find_map(|l| l.strip_prefix("dropped records (ring buffer full): "))
-        .and_then(|n| n.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no dropped-records line: {:#?}", f.stderr));
-    assert!(
-        packets_lost > 0,
-        "the flood never filled the 1 MiB packet ring: {:#?}",
-        f.stderr
-    );
-    assert_eq!(
-        f.count_before("socket events:", "lost"),
-        Some(0),
-        "socket events were lost beside a full packet ring: {:#?}",
-        f.stderr
-    );
-    for port in ports {
-        let seen = transitions_of(&f, port);
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|rest| rest.split([' ', ',']).next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no `{prefix}N` in the report: {:#?}", f.stderr))
+}
+
+/// Each ring's identity line says it holds.
+fn assert_identities_hold(f: &Finished) {
+    for ring in ["packet ring: seen ", "socket ring: seen "] {
+        let line = f
+            .stderr
+            .iter()
+            .find(|l| l.starts_with(ring))
+            .unwrap_or_else(|| panic!("no `{ring}` line: {:#?}", f.stderr));
+        assert!(line.ends_with("(holds)"), "{line}");
+    }
+}
+
+/// Every short connection's state changes on the server: LISTEN→SYN_RECV→ESTABLISHED.
+fn assert_every_handshake_state(f: &Finished, ports: &[u16]) {
+    for &port in ports {
+        let seen = transitions_of(f, port);
         for want in [("LISTEN", "SYN_RECV"), ("SYN_RECV", "ESTABLISHED")] {
             assert!(
                 seen.iter().any(|(a, b)| (a.as_str(), b.as_str()) == want),
@@ -164,4 +174,95 @@ fn socket_events_survive_a_packet_ring_overflow_while_the_agent_is_stopped() {
             );
         }
     }
+}
+
+/// The flags of the segment lines of the connection from client port `port`, as (from client, flags).
+fn segments_of(f: &Finished, port: u16) -> Vec<(bool, Vec<String>)> {
+    f.stdout
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["proto"] == "tcp" && (v["sport"] == port || v["dport"] == port))
+        .map(|v| {
+            let flags = v["flags"].as_array().into_iter().flatten();
+            (
+                v["sport"] == port,
+                flags.filter_map(|f| f.as_str().map(str::to_owned)).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn socket_events_survive_a_packet_ring_overflow_while_the_agent_is_stopped() {
+    if !require::root("socket_events_survive_a_packet_ring_overflow") {
+        return;
+    }
+    // No folding: the flood fills the packet ring.
+    let (f, ports) = stopped_during_a_flood("ov", 242, &["--fold-above", "0"]);
+    assert!(
+        reported(&f, "dropped records (ring buffer full): ") > 0,
+        "the flood never filled the 1 MiB packet ring: {:#?}",
+        f.stderr
+    );
+    assert_eq!(
+        f.count_before("socket events:", "lost"),
+        Some(0),
+        "socket events were lost beside a full packet ring: {:#?}",
+        f.stderr
+    );
+    assert_eq!(reported(&f, "folded: "), 0);
+    assert_identities_hold(&f);
+    assert_every_handshake_state(&f, &ports);
+}
+
+#[test]
+fn above_the_high_water_mark_data_is_folded_and_every_control_segment_kept() {
+    if !require::root("above_the_high_water_mark_data_is_folded") {
+        return;
+    }
+    let (f, ports) = stopped_during_a_flood("of", 243, &[]);
+    let folded = reported(&f, "folded: ");
+    assert!(folded > 0, "nothing was folded: {:#?}", f.stderr);
+    assert_eq!(
+        reported(&f, "dropped records (ring buffer full): "),
+        0,
+        "{:#?}",
+        f.stderr
+    );
+    assert_identities_hold(&f);
+    assert_every_handshake_state(&f, &ports);
+    // Every control segment of every short connection has its line.
+    for &port in &ports {
+        let segs = segments_of(&f, port);
+        let has = |from_client: bool, flags: &[&str]| segs.iter().any(|(c, fl)| *c == from_client && fl == flags);
+        for (from_client, flags) in [
+            (true, &["SYN"][..]),
+            (false, &["SYN", "ACK"][..]),
+            (false, &["FIN", "ACK"][..]),
+            (true, &["FIN", "ACK"][..]),
+        ] {
+            assert!(has(from_client, flags), "client port {port}: no {flags:?} in {segs:?}");
+        }
+        // The handshake's ACK: the client's first pure ACK.
+        assert!(has(true, &["ACK"]), "client port {port}: no handshake ACK in {segs:?}");
+    }
+    // The folded lines name the flood's flow and add up to the counter.
+    let lines: Vec<Value> = f
+        .stdout
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["proto"] == "folded")
+        .collect();
+    assert!(!lines.is_empty(), "no folded line");
+    let sink = format!(":{SINK_PORT}");
+    assert!(
+        lines.iter().all(|v| v["lo"]
+            .as_str()
+            .into_iter()
+            .chain(v["hi"].as_str())
+            .any(|e| e.ends_with(&sink))),
+        "{lines:?}"
+    );
+    let in_lines: u64 = lines.iter().filter_map(|v| v["packets"].as_u64()).sum();
+    assert_eq!(in_lines, folded, "{lines:?}");
 }

@@ -22,8 +22,9 @@ use crate::{
     cmd::live::LiveKernel,
     model::events::{self, Event},
     model::flows::FlowTable,
+    model::fold::FoldTracker,
     model::link::{DEFAULT_HOLD_NS, Input, Linker, Output},
-    sys::capture::{Capture, CaptureError, Counters, Hook, program},
+    sys::capture::{Capture, CaptureError, Counters, FoldedTable, Hook, program},
     sys::fault::Fault,
     sys::neigh::{NeighError, NeighMsg, NeighSource, NeighTable},
     sys::preflight,
@@ -37,6 +38,8 @@ use crate::{
 
 /// How often held records are checked for release.
 const FLUSH_EVERY: Duration = Duration::from_millis(20);
+/// How often the folded segments are read and printed, one line per flow.
+const FOLD_EVERY: Duration = Duration::from_secs(1);
 /// How often ARP questions and neighbour changes are checked for being due.
 const ARP_TICK: Duration = Duration::from_millis(100);
 
@@ -111,6 +114,11 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         None => None,
     };
     let mut sock_batch = Vec::new();
+    let mut folded = Folding {
+        table: capture.take_folded()?,
+        tracker: FoldTracker::default(),
+        high_water: u64::from(args.high_water()),
+    };
     let mut logger = match logger {
         // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd holds it.
         Some(l) => Some(
@@ -161,6 +169,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     let mut arp_tick = tokio::time::interval(ARP_TICK);
     let mut watch_tick = tokio::time::interval(watchdog::EVERY);
+    let mut fold_tick = tokio::time::interval(FOLD_EVERY);
     let mut fault = None;
     let mut open = true;
     while open {
@@ -197,6 +206,10 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
                 drop(guard);
                 read_neigh(&mut neigh, read, &mut printer.renderer);
             }
+            _ = fold_tick.tick(), if folded.high_water > 0 => {
+                let lines = folded.lines(&printer.renderer, true);
+                open = printer.emit_lines(lines);
+            }
             _ = arp_tick.tick() => {
                 let lines = printer.renderer.arp_tick(boot_time_ns());
                 open = printer.emit_lines(lines);
@@ -218,6 +231,9 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     if let Some(l) = linker.as_mut() {
         printer.emit_all(l.flush_all());
     }
+    // The table outlives the programs: what they folded last is printed too.
+    let lines = folded.lines(&printer.renderer, false);
+    printer.emit_lines(lines);
     // Handshakes that never completed and ARP questions never answered are reported before the summary.
     let mut lines = printer.renderer.finish();
     lines.extend(printer.renderer.arp_finish(boot_time_ns()));
@@ -231,7 +247,13 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     eprintln!("observer: detached from {iface}");
     eprint!(
         "{}",
-        report(&counters, &printer.stats, linker.as_ref(), &printer.renderer)
+        report(
+            &counters,
+            &printer.stats,
+            linker.as_ref(),
+            &printer.renderer,
+            &folded.tracker
+        )
     );
     // The fault that stopped the loop comes first; a closed stdout ends quietly (see `exit::status_of`).
     match (fault, printer.pcap_error.take(), printer.out_error.take()) {
@@ -465,6 +487,25 @@ impl<W: Write> Printer<W> {
     }
 }
 
+/// The kernel's folded segments and what of them was printed.
+struct Folding {
+    table: FoldedTable,
+    tracker: FoldTracker,
+    /// The packet ring's high-water mark in bytes (0: folding is off).
+    high_water: u64,
+}
+
+impl Folding {
+    /// One line per flow that grew since the last reading; with `forget`, idle flows leave the kernel's table.
+    fn lines(&mut self, renderer: &Renderer, forget: bool) -> Vec<String> {
+        let (items, idle) = self.tracker.update(self.table.read());
+        if forget {
+            self.table.remove(&idle);
+        }
+        items.iter().map(|f| renderer.folded(f, self.high_water)).collect()
+    }
+}
+
 /// A ring buffer registered with tokio.
 fn register_ring(ring: RingBuf<MapData>) -> anyhow::Result<AsyncFd<RingBuf<MapData>>> {
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
@@ -589,9 +630,36 @@ fn take(
     }
 }
 
+/// The packet outcomes that are neither a record, a fold, a loss nor malformed.
+const NOT_RECORDED: [Counter; 5] = [
+    Counter::Filtered,
+    Counter::ControlSuppressed,
+    Counter::NotTcpOrArp,
+    Counter::ArpUnsupported,
+    Counter::NonFirstFragment,
+];
+
+/// `<ring>: seen N = recorded A + ... (holds)`: every call of its programs ends in exactly one outcome.
+fn identity(ring: &str, seen: u64, parts: &[(&str, u64)]) -> String {
+    let sum: u64 = parts.iter().map(|(_, n)| n).sum();
+    let terms: Vec<String> = parts.iter().map(|(name, n)| format!("{name} {n}")).collect();
+    let verdict = if sum == seen {
+        "holds".to_owned()
+    } else {
+        format!("DOES NOT HOLD: the outcomes add up to {sum}")
+    };
+    format!("{ring}: seen {seen} = {} ({verdict})\n", terms.join(" + "))
+}
+
 /// The exit report: dropped records first, then the analysis (connections, handshake RTT, retransmissions,
 /// expert flags, ARP), then the capture's counters.
-fn report(c: &Counters, host: &HostStats, linker: Option<&Linker<LiveKernel>>, renderer: &Renderer) -> String {
+fn report(
+    c: &Counters,
+    host: &HostStats,
+    linker: Option<&Linker<LiveKernel>>,
+    renderer: &Renderer,
+    folded: &FoldTracker,
+) -> String {
     let mut s = format!(
         "dropped records (ring buffer full): {}\nrecords: {} emitted, {} printed, {} undecodable\n",
         c.get(Counter::RingFull) + c.get(Counter::SockRingFull),
@@ -608,16 +676,10 @@ fn report(c: &Counters, host: &HostStats, linker: Option<&Linker<LiveKernel>>, r
         c.get(Counter::SeenTcEgress),
         c.get(Counter::SeenXdp)
     );
-    let skipped: Vec<String> = [
-        Counter::Filtered,
-        Counter::ControlSuppressed,
-        Counter::NotTcpOrArp,
-        Counter::ArpUnsupported,
-        Counter::NonFirstFragment,
-    ]
-    .iter()
-    .map(|k| format!("{} {}", k.name(), c.get(*k)))
-    .collect();
+    let skipped: Vec<String> = NOT_RECORDED
+        .iter()
+        .map(|k| format!("{} {}", k.name(), c.get(*k)))
+        .collect();
     s += &format!("not recorded: {}\n", skipped.join(", "));
     let malformed: Vec<String> = Counter::ALL
         .iter()
@@ -625,6 +687,22 @@ fn report(c: &Counters, host: &HostStats, linker: Option<&Linker<LiveKernel>>, r
         .map(|k| format!("{} {}", k.name().trim_start_matches("malformed_"), c.get(*k)))
         .collect();
     s += &format!("malformed: {} ({})\n", c.malformed(), malformed.join(", "));
+    s += &format!(
+        "folded: {} data segments, {} of them in {} flow lines\n",
+        c.get(Counter::Folded),
+        folded.reported,
+        folded.items
+    );
+    let seen = c.get(Counter::SeenTcIngress) + c.get(Counter::SeenTcEgress) + c.get(Counter::SeenXdp);
+    let not_recorded: u64 = NOT_RECORDED.iter().map(|k| c.get(*k)).sum();
+    let parts = [
+        ("recorded", c.get(Counter::Emitted)),
+        ("folded", c.get(Counter::Folded)),
+        ("lost", c.get(Counter::RingFull)),
+        ("not recorded", not_recorded),
+        ("malformed", c.malformed()),
+    ];
+    s += &identity("packet ring", seen, &parts);
     if let Some(l) = linker {
         let seen: Vec<String> = Counter::ALL
             .iter()
@@ -640,6 +718,19 @@ fn report(c: &Counters, host: &HostStats, linker: Option<&Linker<LiveKernel>>, r
             host.kernel_lines,
             seen.join(", ")
         );
+        let sock_seen: u64 = Counter::ALL
+            .iter()
+            .filter(|k| k.name().starts_with("sock_seen"))
+            .map(|k| c.get(*k))
+            .sum();
+        let parts = [
+            ("recorded", c.get(Counter::SockEmitted)),
+            ("lost", c.get(Counter::SockRingFull)),
+            ("other netns", c.get(Counter::SockOtherNetns)),
+            ("not tcp", c.get(Counter::SockNotTcp)),
+            ("unreadable", c.get(Counter::SockUnreadable)),
+        ];
+        s += &identity("socket ring", sock_seen, &parts);
         let mut drops: Vec<String> = l.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
         drops.sort();
         s += &format!(
@@ -673,6 +764,7 @@ mod tests {
             },
             None,
             &Renderer::new("eth0", 0, false),
+            &FoldTracker::default(),
         );
         assert!(r.starts_with("dropped records (ring buffer full): 4\n"), "{r}");
         assert!(r.contains("malformed: 2 (") && r.contains("option_overrun 2"), "{r}");
@@ -685,5 +777,34 @@ mod tests {
             "arp: ",
         ];
         assert!(analysis.iter().all(|k| r.contains(&format!("\n{k}"))), "{r}");
+    }
+
+    #[test]
+    fn the_identity_says_whether_the_outcomes_add_up() {
+        let mut c = Counters::default();
+        c.0[Counter::SeenTcIngress as usize] = 10;
+        c.0[Counter::Emitted as usize] = 6;
+        c.0[Counter::Folded as usize] = 2;
+        c.0[Counter::RingFull as usize] = 1;
+        c.0[Counter::Filtered as usize] = 1;
+        let of = |c: &Counters| {
+            report(
+                c,
+                &HostStats::default(),
+                None,
+                &Renderer::new("eth0", 0, false),
+                &FoldTracker::default(),
+            )
+        };
+        let r = of(&c);
+        assert!(
+            r.contains(
+                "packet ring: seen 10 = recorded 6 + folded 2 + lost 1 + not recorded 1 + malformed 0 (holds)\n"
+            ),
+            "{r}"
+        );
+        c.0[Counter::Emitted as usize] = 5;
+        let r = of(&c);
+        assert!(r.contains("(DOES NOT HOLD: the outcomes add up to 9)"), "{r}");
     }
 }

@@ -3,4 +3,5 @@
 pub mod arp;
 pub mod events;
 pub mod flows;
+pub mod fold;
 pub mod link;

@@ -5,7 +5,7 @@ use std::{io, path::PathBuf};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader, include_bytes_aligned,
-    maps::{Array, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
         tc::{self, NlOptions, TcAttachOptions},
@@ -15,7 +15,9 @@ use aya::{
 use observer_common::{
     Config, Counter,
     config::CONFIG_MAP,
+    control::FlowKey,
     counter::{COUNTER_COUNT, COUNTERS_MAP, CounterValues},
+    fold::{FOLDED_MAP, FoldedFlow},
     record::{EVENTS_MAP, RING_BYTES, SOCK_EVENTS_MAP, SOCK_RING_BYTES},
 };
 
@@ -397,6 +399,14 @@ impl Capture {
         self.take_ring(SOCK_EVENTS_MAP)
     }
 
+    /// Takes the table of folded segments (once); it stays readable after [`Capture::detach`].
+    pub fn take_folded(&mut self) -> Result<FoldedTable, CaptureError> {
+        let raw = self.ebpf.take_map(FOLDED_MAP).ok_or_else(|| missing_map(FOLDED_MAP))?;
+        Ok(FoldedTable(
+            PerCpuHashMap::try_from(raw).map_err(map_error(FOLDED_MAP))?,
+        ))
+    }
+
     fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, CaptureError> {
         let raw = self.ebpf.take_map(name).ok_or_else(|| missing_map(name))?;
         RingBuf::try_from(raw).map_err(map_error(name))
@@ -419,6 +429,27 @@ impl Capture {
         // Dropping the object detaches its links (TCX, XDP and netlink filters alike).
         drop(self.ebpf);
         read_counters(counters)
+    }
+}
+
+/// The kernel's per-flow counters of folded data segments.
+pub struct FoldedTable(PerCpuHashMap<MapData, FlowKey, FoldedFlow>);
+
+impl FoldedTable {
+    /// Every entry, summed over CPUs (entries that vanish while being read are skipped).
+    pub fn read(&self) -> Vec<(FlowKey, FoldedFlow)> {
+        self.0
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, per_cpu)| (k, observer_common::fold::sum(per_cpu.iter().copied())))
+            .collect()
+    }
+
+    /// Removes the entries of `keys` (one already gone is no error).
+    pub fn remove(&mut self, keys: &[FlowKey]) {
+        for k in keys {
+            let _ = self.0.remove(k);
+        }
     }
 }
 

@@ -24,6 +24,7 @@ use serde::Serialize;
 use crate::model::arp::{Answer, ArpAnalysis, ArpKind, ArpTracker, Unanswered, retry_annotation};
 use crate::model::events::{tcp_dst, tcp_src};
 use crate::model::flows::{FlowTable, MAX_WINDOW_SHIFT, TcpAnalysis, WindowScaling};
+use crate::model::fold::Folded;
 use crate::model::link::{KernelNote, ListenerView, SocketLink, StateChange};
 use crate::sys::neigh::NeighChange;
 use crate::sys::sockets::process::Owner;
@@ -822,6 +823,28 @@ impl Renderer {
     }
 }
 
+/// The JSON object of a `folded` line (schema in the README).
+#[derive(Clone, Debug, Serialize)]
+pub struct FoldedJson {
+    /// The last folded segment's time; proto `folded`.
+    #[serde(flatten)]
+    pub head: LineHead,
+    /// The flow's lower endpoint (address, then port).
+    pub lo: String,
+    /// Its higher endpoint.
+    pub hi: String,
+    /// Data segments folded since the flow's previous folded line.
+    pub packets: u64,
+    /// Their TCP payload bytes.
+    pub bytes: u64,
+    /// Boot-time ns of the first of them.
+    pub from_ns: u64,
+    /// The packet ring's high-water mark in bytes: folding happens while more than this waits unread.
+    pub high_water: u64,
+    /// The text line's description.
+    pub summary: String,
+}
+
 /// The JSON object of a kernel line (schema in the README).
 #[derive(Clone, Debug, Serialize)]
 pub struct KernelJson<'a> {
@@ -1070,6 +1093,35 @@ impl Renderer {
             listener: None,
         };
         self.kernel_line(&j, "↔")
+    }
+
+    /// The line of a flow's folded data segments: `<time> folded <lo> ↔ <hi> <n> data segments, <b> bytes ...`.
+    pub fn folded(&self, f: &Folded, high_water: u64) -> String {
+        let summary = format!(
+            "{} data segments, {} bytes in {} not printed one by one: more than {} KiB of the packet ring was unread",
+            f.packets,
+            f.bytes,
+            fmt_ms(f.to_ns.saturating_sub(f.from_ns)),
+            high_water >> 10
+        );
+        if self.json {
+            return json_text(serde_json::to_value(FoldedJson {
+                head: LineHead::new(&self.clock, f.to_ns, "folded"),
+                lo: f.lo.to_string(),
+                hi: f.hi.to_string(),
+                packets: f.packets,
+                bytes: f.bytes,
+                from_ns: f.from_ns,
+                high_water,
+                summary,
+            }));
+        }
+        format!(
+            "{} folded {} ↔ {} {summary}",
+            self.clock.time_of_day(f.to_ns),
+            f.lo,
+            f.hi
+        )
     }
 
     /// The line of another kernel event: `<time> kernel <local> → <remote> <what>`.

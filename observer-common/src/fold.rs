@@ -1,0 +1,127 @@
+//! Designed degradation: while the packet ring holds more than `Config::fold_above` bytes the agent has not read,
+//! data segments are not recorded one by one but folded into per-flow counters (`FOLDED`), which the agent
+//! prints as one line per flow per interval. SYN, FIN and RST segments, the pure ACKs of flows with nothing
+//! folded (handshake ACKs among them) and ARP are still recorded; socket events have a ring of their own.
+
+use crate::record::{TCP_FIN, TCP_RST, TCP_SYN, TcpRecord};
+
+/// Name of the `PerCpuHashMap<FlowKey, FoldedFlow>` of folded segments.
+pub const FOLDED_MAP: &str = "FOLDED";
+/// Most flows with folded segments at once; a segment of a new flow beyond it is recorded as usual.
+pub const FOLDED_CAPACITY: u32 = 8192;
+
+/// What was folded of one flow on one CPU since its entry was made.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FoldedFlow {
+    /// Segments folded.
+    pub packets: u64,
+    /// Their TCP payload bytes.
+    pub bytes: u64,
+    /// Boot-time ns of the first (0 while this CPU folded none).
+    pub first_ns: u64,
+    /// Boot-time ns of the last.
+    pub last_ns: u64,
+}
+
+/// Whether a segment may be folded: never a SYN, FIN or RST; a segment with payload; a pure ACK only when its
+/// flow has segments folded already (`flow_folded`), so that a handshake's ACK is always recorded.
+#[inline(always)]
+pub fn foldable(rec: &TcpRecord, flow_folded: bool) -> bool {
+    rec.flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && (rec.payload_len > 0 || flow_folded)
+}
+
+impl FoldedFlow {
+    /// This CPU's entry after one more segment of `bytes` at `now`.
+    #[inline(always)]
+    pub fn add(&mut self, bytes: u16, now: u64) {
+        self.packets += 1;
+        self.bytes += u64::from(bytes);
+        if self.first_ns == 0 {
+            self.first_ns = now;
+        }
+        self.last_ns = now;
+    }
+}
+
+/// The entry of a flow summed over CPUs: counts added, the earliest first time and the latest last.
+pub fn sum(per_cpu: impl IntoIterator<Item = FoldedFlow>) -> FoldedFlow {
+    per_cpu.into_iter().fold(FoldedFlow::default(), |mut acc, v| {
+        acc.packets += v.packets;
+        acc.bytes += v.bytes;
+        if v.first_ns != 0 && (acc.first_ns == 0 || v.first_ns < acc.first_ns) {
+            acc.first_ns = v.first_ns;
+        }
+        acc.last_ns = acc.last_ns.max(v.last_ns);
+        acc
+    })
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: a plain #[repr(C)] struct of integers without padding.
+    unsafe impl aya::Pod for super::FoldedFlow {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::TCP_ACK;
+
+    fn seg(flags: u8, payload_len: u16) -> TcpRecord {
+        TcpRecord {
+            flags,
+            payload_len,
+            ..TcpRecord::default()
+        }
+    }
+
+    #[test]
+    fn control_segments_are_never_folded() {
+        for flags in [
+            TCP_SYN,
+            TCP_SYN | TCP_ACK,
+            TCP_FIN | TCP_ACK,
+            TCP_RST,
+            TCP_RST | TCP_ACK,
+        ] {
+            assert!(!foldable(&seg(flags, 0), true), "{flags:#x}");
+            assert!(!foldable(&seg(flags, 100), true), "{flags:#x} with data");
+        }
+    }
+
+    #[test]
+    fn data_is_folded_and_a_pure_ack_only_in_a_folded_flow() {
+        assert!(foldable(&seg(TCP_ACK, 64), false));
+        assert!(!foldable(&seg(TCP_ACK, 0), false), "a handshake's ACK");
+        assert!(foldable(&seg(TCP_ACK, 0), true));
+    }
+
+    #[test]
+    fn per_cpu_values_sum_with_the_earliest_first_and_latest_last() {
+        let flow = |packets, first_ns, last_ns| FoldedFlow {
+            packets,
+            bytes: packets * 64,
+            first_ns,
+            last_ns,
+        };
+        let s = sum([flow(2, 30, 40), FoldedFlow::default(), flow(1, 10, 20)]);
+        assert_eq!(s, flow(3, 10, 40));
+    }
+
+    #[test]
+    fn add_keeps_the_first_and_last_time() {
+        let mut f = FoldedFlow::default();
+        f.add(64, 10);
+        f.add(0, 20);
+        assert_eq!(
+            f,
+            FoldedFlow {
+                packets: 2,
+                bytes: 64,
+                first_ns: 10,
+                last_ns: 20
+            }
+        );
+    }
+}
