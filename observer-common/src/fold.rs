@@ -1,7 +1,8 @@
 //! Designed degradation: while the packet ring holds more than `Config::fold_above` bytes the agent has not read,
 //! data segments are not recorded one by one but folded into per-flow counters (`FOLDED`), which the agent
 //! prints as one line per flow per interval. SYN, FIN and RST segments, the pure ACKs of flows with nothing
-//! folded (handshake ACKs among them) and ARP are still recorded; socket events have a ring of their own.
+//! folded (handshake ACKs among them) or that a FIN or RST is closing (the ACKs answering a FIN) and ARP are
+//! still recorded; socket events have a ring of their own.
 
 use crate::record::{TCP_FIN, TCP_RST, TCP_SYN, TcpRecord};
 
@@ -9,6 +10,17 @@ use crate::record::{TCP_FIN, TCP_RST, TCP_SYN, TcpRecord};
 pub const FOLDED_MAP: &str = "FOLDED";
 /// Most flows with folded segments at once; a segment of a new flow beyond it is recorded as usual.
 pub const FOLDED_CAPACITY: u32 = 8192;
+/// Most folded flows remembered as closing (a FIN or RST seen); the least recent is forgotten beyond it.
+pub const CLOSING_CAPACITY: u32 = 8192;
+
+/// What the kernel knows of a segment's flow when it decides on folding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowFold {
+    /// The flow has folded segments.
+    pub folded: bool,
+    /// A FIN or RST of the flow was seen while it had folded segments.
+    pub closing: bool,
+}
 
 /// What was folded of one flow on one CPU since its entry was made.
 #[repr(C)]
@@ -25,10 +37,17 @@ pub struct FoldedFlow {
 }
 
 /// Whether a segment may be folded: never a SYN, FIN or RST; a segment with payload; a pure ACK only when its
-/// flow has segments folded already (`flow_folded`), so that a handshake's ACK is always recorded.
+/// flow has segments folded already and is not closing, so that a handshake's ACK and the ACK answering a FIN
+/// are always recorded.
 #[inline(always)]
-pub fn foldable(rec: &TcpRecord, flow_folded: bool) -> bool {
-    rec.flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && (rec.payload_len > 0 || flow_folded)
+pub fn foldable(rec: &TcpRecord, flow: FlowFold) -> bool {
+    rec.flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 && (rec.payload_len > 0 || (flow.folded && !flow.closing))
+}
+
+/// Whether a segment that is not folded marks its folded flow as closing.
+#[inline(always)]
+pub fn closes(rec: &TcpRecord) -> bool {
+    rec.flags & (TCP_FIN | TCP_RST) != 0
 }
 
 impl FoldedFlow {
@@ -76,6 +95,11 @@ mod tests {
         }
     }
 
+    const FOLDED: FlowFold = FlowFold {
+        folded: true,
+        closing: false,
+    };
+
     #[test]
     fn control_segments_are_never_folded() {
         for flags in [
@@ -85,16 +109,24 @@ mod tests {
             TCP_RST,
             TCP_RST | TCP_ACK,
         ] {
-            assert!(!foldable(&seg(flags, 0), true), "{flags:#x}");
-            assert!(!foldable(&seg(flags, 100), true), "{flags:#x} with data");
+            assert!(!foldable(&seg(flags, 0), FOLDED), "{flags:#x}");
+            assert!(!foldable(&seg(flags, 100), FOLDED), "{flags:#x} with data");
         }
+        assert!(closes(&seg(TCP_FIN | TCP_ACK, 0)) && closes(&seg(TCP_RST, 0)));
+        assert!(!closes(&seg(TCP_SYN, 0)) && !closes(&seg(TCP_ACK, 10)));
     }
 
     #[test]
-    fn data_is_folded_and_a_pure_ack_only_in_a_folded_flow() {
-        assert!(foldable(&seg(TCP_ACK, 64), false));
-        assert!(!foldable(&seg(TCP_ACK, 0), false), "a handshake's ACK");
-        assert!(foldable(&seg(TCP_ACK, 0), true));
+    fn data_is_folded_and_a_pure_ack_only_in_a_folded_flow_not_closing() {
+        assert!(foldable(&seg(TCP_ACK, 64), FlowFold::default()));
+        assert!(!foldable(&seg(TCP_ACK, 0), FlowFold::default()), "a handshake's ACK");
+        assert!(foldable(&seg(TCP_ACK, 0), FOLDED));
+        let closing = FlowFold {
+            closing: true,
+            ..FOLDED
+        };
+        assert!(!foldable(&seg(TCP_ACK, 0), closing), "the ACK answering a FIN");
+        assert!(foldable(&seg(TCP_ACK, 64), closing), "data after a FIN's half-close");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use observer_common::{
     Config, Counter,
     control::{CONTROL_FLOWS_CAPACITY, ControlState, FlowKey, Update, decide},
     counter::CounterValues,
-    fold::{FOLDED_CAPACITY, FoldedFlow, foldable},
+    fold::{CLOSING_CAPACITY, FOLDED_CAPACITY, FlowFold, FoldedFlow, closes, foldable},
     parse::OptionBuf,
     record::{ArpSnapRecord, RING_BYTES, SOCK_RING_BYTES, TcpRecord, TcpSnapRecord},
     sock::SockConfig,
@@ -38,6 +38,10 @@ pub static SOCK_CONFIG: Array<SockConfig> = Array::with_max_entries(1, 0);
 /// Data segments folded per flow while the packet ring was above its high-water mark (see `observer_common::fold`).
 #[map]
 pub static FOLDED: PerCpuHashMap<FlowKey, FoldedFlow> = PerCpuHashMap::with_max_entries(FOLDED_CAPACITY, 0);
+
+/// Folded flows a FIN or RST is closing: their pure ACKs are recorded again (the value is unused).
+#[map]
+pub static CLOSING: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(CLOSING_CAPACITY, 0);
 
 /// Flows in handshake or teardown, for control-only mode.
 #[map]
@@ -132,7 +136,17 @@ pub fn fold(rec: &TcpRecord, fold_above: u32) -> bool {
     }
     let (key, _) = FlowKey::of(rec);
     let entry = FOLDED.get_ptr_mut(&key);
-    if !foldable(rec, entry.is_some()) {
+    let flow = FlowFold {
+        folded: entry.is_some(),
+        // Looked up only where it can change the outcome: a pure ACK of a folded flow.
+        // SAFETY: the value is only tested for presence.
+        closing: entry.is_some() && rec.payload_len == 0 && unsafe { CLOSING.get(&key) }.is_some(),
+    };
+    if !foldable(rec, flow) {
+        if flow.folded && closes(rec) {
+            // A full LRU map forgets an old flow; its pure ACKs may then be folded again.
+            let _ = CLOSING.insert(&key, &0, 0);
+        }
         return false;
     }
     if let Some(p) = entry {

@@ -246,6 +246,15 @@ fn above_the_high_water_mark_data_is_folded_and_every_control_segment_kept() {
         // The handshake's ACK: the client's first pure ACK.
         assert!(has(true, &["ACK"]), "client port {port}: no handshake ACK in {segs:?}");
     }
+    // The flood's own teardown too: its FINs and the ACK answering the last one are recorded.
+    let all = SHORT + 1;
+    assert!(
+        f.stderr
+            .iter()
+            .any(|l| l.starts_with(&format!("connections: {all} opened, {all} closed ({all} FIN, 0 RST)"))),
+        "{:#?}",
+        f.stderr
+    );
     // The folded lines name the flood's flow and add up to the counter.
     let lines: Vec<Value> = f
         .stdout
