@@ -147,6 +147,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         stats: HostStats::default(),
         limit: args.count,
         pcap,
+        line: String::with_capacity(1024),
         pcap_error: None,
         out_error: None,
     };
@@ -364,6 +365,8 @@ struct Printer<W: Write> {
     stats: HostStats,
     limit: Option<u64>,
     pcap: Option<PcapngWriter>,
+    /// The line being written, reused: a data segment's line allocates nothing once it has room.
+    line: String,
     /// The write error that stopped the agent.
     pcap_error: Option<PcapngError>,
     /// The stdout error that stopped the agent (a closed pipe: the reader went away).
@@ -436,16 +439,30 @@ impl<W: Write> Printer<W> {
         if self.done() {
             return false;
         }
-        let (line, wire) = match &output {
-            Output::Segment(rec, link, _) => (self.renderer.segment(rec, link.as_ref()), true),
-            Output::Arp(rec, _) => (self.renderer.arp(rec), true),
-            Output::State(change, owner) => (self.renderer.state(change, owner.as_ref()), false),
-            Output::Note(note) => (self.renderer.note(note), false),
+        self.line.clear();
+        let wire = match &output {
+            Output::Segment(rec, link, _) => {
+                self.renderer.write_segment(&mut self.line, rec, link.as_ref());
+                true
+            }
+            Output::Arp(rec, _) => {
+                self.line.push_str(&self.renderer.arp(rec));
+                true
+            }
+            Output::State(change, owner) => {
+                self.line.push_str(&self.renderer.state(change, owner.as_ref()));
+                false
+            }
+            Output::Note(note) => {
+                self.line.push_str(&self.renderer.note(note));
+                false
+            }
         };
         if wire {
             self.write_packet(&output);
         }
-        let written = writeln!(self.out, "{line}");
+        self.line.push('\n');
+        let written = self.out.write_all(self.line.as_bytes());
         if !self.wrote(written) {
             return false;
         }

@@ -9,6 +9,7 @@
 //!   note is appended as Wireshark does, including its quirk that a later, clean check of the target clears it.
 
 mod analysis;
+mod tcp_json;
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -16,10 +17,13 @@ use std::net::Ipv4Addr;
 
 use observer_common::record::{
     ARP_REPLY, ARP_REQUEST, ArpRecord, DIR_EGRESS, DIR_INGRESS, HOOK_TC_EGRESS, HOOK_TC_INGRESS, HOOK_XDP,
-    MAX_VLAN_TAGS, OPT_MSS, OPT_SACK, OPT_SACK_PERM, OPT_TIMESTAMP, OPT_UNKNOWN, OPT_WSCALE, OPTKIND_MSS, OPTKIND_SACK,
-    OPTKIND_SACK_PERM, OPTKIND_TIMESTAMP, OPTKIND_WSCALE, RecordHeader, TCP_ACK, TCP_URG, TcpRecord,
+    MAX_VLAN_TAGS, OPT_MSS, OPT_SACK, OPT_SACK_PERM, OPT_TIMESTAMP, OPT_WSCALE, OPTKIND_MSS, OPTKIND_SACK,
+    OPTKIND_SACK_PERM, OPTKIND_TIMESTAMP, OPTKIND_WSCALE, RecordHeader, TCP_URG, TcpRecord,
 };
 use serde::Serialize;
+
+#[cfg(test)]
+use observer_common::record::{OPT_UNKNOWN, TCP_ACK};
 
 use crate::model::arp::{Answer, ArpAnalysis, ArpKind, ArpTracker, Unanswered, retry_annotation};
 use crate::model::events::{tcp_dst, tcp_src};
@@ -81,6 +85,13 @@ impl Clock {
 
     /// `HH:MM:SS.micro` of a boot-time timestamp, in local time for [`Clock::new`], else UTC.
     pub fn time_of_day(&self, ts_ns: u64) -> String {
+        let mut s = String::with_capacity(15);
+        self.write_time_of_day(&mut s, ts_ns);
+        s
+    }
+
+    /// Appends [`Clock::time_of_day`] to `out`.
+    pub fn write_time_of_day(&self, out: &mut String, ts_ns: u64) {
         let wall = self.wall_ns(ts_ns);
         let secs = wall.div_euclid(NS_PER_SEC);
         let micros = wall.rem_euclid(NS_PER_SEC) / 1000;
@@ -89,23 +100,34 @@ impl Clock {
         } else {
             secs.rem_euclid(86_400)
         };
-        format!(
+        // Writing into a String cannot fail.
+        let _ = write!(
+            out,
             "{:02}:{:02}:{:02}.{:06}",
             day_secs / 3600,
             day_secs / 60 % 60,
             day_secs % 60,
             micros
-        )
+        );
     }
 
     /// RFC 3339 UTC time with microseconds, e.g. `2024-05-06T07:08:09.123456Z`.
     pub fn rfc3339(&self, ts_ns: u64) -> String {
+        let mut s = String::with_capacity(27);
+        // Writing into a String cannot fail.
+        let _ = self.write_rfc3339(&mut s, ts_ns);
+        s
+    }
+
+    /// Writes [`Clock::rfc3339`] into `out`.
+    pub fn write_rfc3339(&self, out: &mut impl std::fmt::Write, ts_ns: u64) -> std::fmt::Result {
         let wall = self.wall_ns(ts_ns);
         let secs = wall.div_euclid(NS_PER_SEC);
         let micros = wall.rem_euclid(NS_PER_SEC) / 1000;
         let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
         let day_secs = secs.rem_euclid(86_400);
-        format!(
+        write!(
+            out,
             "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
             day_secs / 3600,
             day_secs / 60 % 60,
@@ -200,70 +222,88 @@ pub fn tcp_flag_names(flags: u8) -> Vec<&'static str> {
 
 /// tshark's Info column for a TCP segment.
 pub fn tcp_summary(rec: &TcpRecord, a: &TcpAnalysis) -> String {
-    let names = tcp_flag_names(rec.flags);
-    let flags = if names.is_empty() {
-        "<None>".to_owned()
-    } else {
-        names.join(", ")
-    };
-    let mut s = format!(
-        "{}{} → {} [{flags}] Seq={}",
-        a.expert.prefix(),
-        rec.sport,
-        rec.dport,
-        a.seq
-    );
-    if let Some(ack) = a.ack {
-        let _ = write!(s, " Ack={ack}");
+    let mut s = String::new();
+    // Writing into a String cannot fail.
+    let _ = write_tcp_summary(&mut s, rec, a);
+    s
+}
+
+/// Writes [`tcp_summary`] into `s`.
+fn write_tcp_summary(s: &mut impl std::fmt::Write, rec: &TcpRecord, a: &TcpAnalysis) -> std::fmt::Result {
+    a.expert.write_prefix(s)?;
+    write!(s, "{} → {} [", rec.sport, rec.dport)?;
+    let mut names = TCP_FLAG_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| rec.flags & (1 << bit) != 0)
+        .map(|(_, name)| *name);
+    match names.next() {
+        None => s.write_str("<None>")?,
+        Some(first) => {
+            s.write_str(first)?;
+            for name in names {
+                s.write_str(", ")?;
+                s.write_str(name)?;
+            }
+        }
     }
-    let _ = write!(s, " Win={}", a.window);
+    write!(s, "] Seq={}", a.seq)?;
+    if let Some(ack) = a.ack {
+        write!(s, " Ack={ack}")?;
+    }
+    write!(s, " Win={}", a.window)?;
     if a.scaling == WindowScaling::Unknown {
-        s.push('*');
+        s.write_char('*')?;
     }
     if rec.flags & TCP_URG != 0 {
-        let _ = write!(s, " Urg={}", rec.urgent);
+        write!(s, " Urg={}", rec.urgent)?;
     }
-    let _ = write!(s, " Len={}", rec.payload_len);
+    write!(s, " Len={}", rec.payload_len)?;
     for &kind in rec.option_kinds() {
         match kind {
             OPTKIND_MSS if rec.options & OPT_MSS != 0 => {
-                let _ = write!(s, " MSS={}", rec.mss);
+                write!(s, " MSS={}", rec.mss)?;
             }
             OPTKIND_WSCALE if rec.options & OPT_WSCALE != 0 => {
-                let _ = write!(s, " WS={}", 1u32 << rec.wscale.min(MAX_WINDOW_SHIFT));
+                write!(s, " WS={}", 1u32 << rec.wscale.min(MAX_WINDOW_SHIFT))?;
             }
-            OPTKIND_SACK_PERM if rec.options & OPT_SACK_PERM != 0 => s.push_str(" SACK_PERM"),
+            OPTKIND_SACK_PERM if rec.options & OPT_SACK_PERM != 0 => s.write_str(" SACK_PERM")?,
             OPTKIND_TIMESTAMP if rec.options & OPT_TIMESTAMP != 0 => {
-                let _ = write!(s, " TSval={} TSecr={}", rec.tsval, rec.tsecr);
+                write!(s, " TSval={} TSecr={}", rec.tsval, rec.tsecr)?;
             }
             OPTKIND_SACK if rec.options & OPT_SACK != 0 => {
                 for b in a.sack_blocks() {
-                    let _ = write!(s, " SLE={} SRE={}", b.left, b.right);
+                    write!(s, " SLE={} SRE={}", b.left, b.right)?;
                 }
             }
-            OPTKIND_MD5 => s.push_str(" MD5"),
+            OPTKIND_MD5 => s.write_str(" MD5")?,
             _ => {}
         }
     }
-    s
+    Ok(())
 }
 
 /// The text line of a TCP segment: `<time> <iface> <in|out> <src> → <dst> TCP <len> <summary>[ · <note>]...`.
 pub fn tcp_line(clock: &Clock, iface: &str, rec: &TcpRecord, a: &TcpAnalysis) -> String {
-    tcp_head(clock, iface, rec, a) + &annotations(&tcp_annotations(a))
+    let mut s = String::new();
+    write_tcp_head(&mut s, clock, iface, rec, a);
+    write_annotations(&mut s, &tcp_annotations(a));
+    s
 }
 
-/// The part of a TCP line tshark would print: everything before observer's annotations.
-fn tcp_head(clock: &Clock, iface: &str, rec: &TcpRecord, a: &TcpAnalysis) -> String {
-    format!(
-        "{} {iface} {} {} → {} TCP {} {}",
-        clock.time_of_day(rec.header.ts_ns),
+/// Appends the part of a TCP line tshark would print: everything before observer's annotations.
+fn write_tcp_head(s: &mut String, clock: &Clock, iface: &str, rec: &TcpRecord, a: &TcpAnalysis) {
+    clock.write_time_of_day(s, rec.header.ts_ns);
+    // Writing into a String cannot fail.
+    let _ = write!(
+        s,
+        " {iface} {} {} → {} TCP {} ",
         direction_name(rec.header.direction),
         tcp_src(rec),
         tcp_dst(rec),
         rec.header.wire_len,
-        tcp_summary(rec, a),
-    )
+    );
+    let _ = write_tcp_summary(s, rec, a);
 }
 
 /// Observer's SACK notes after the Info: `holes L-R,L-R` on an ACK, `fills hole L-R` on data.
@@ -405,7 +445,9 @@ impl<'a> CommonJson<'a> {
     }
 }
 
-/// The JSON object of a TCP segment (schema in the README).
+/// The JSON object of a TCP segment as a struct (schema in the README): the reference that
+/// `tcp_json::write_tcp_json`, which writes the same object without building it, is tested against.
+#[cfg(test)]
 #[derive(Clone, Debug, Serialize)]
 pub struct TcpJson<'a> {
     /// The fields every record has.
@@ -473,7 +515,8 @@ impl From<observer_common::record::SackBlock> for HoleJson {
     }
 }
 
-/// Builds the JSON object of a TCP segment; serialize it with `serde_json`.
+/// Builds the reference JSON object of a TCP segment; serialize it with `serde_json`.
+#[cfg(test)]
 pub fn tcp_json<'a>(clock: &Clock, iface: &'a str, rec: &TcpRecord, a: &TcpAnalysis) -> TcpJson<'a> {
     let has = |bit: u8| rec.options & bit != 0;
     let has_ack = rec.flags & TCP_ACK != 0;
@@ -601,7 +644,17 @@ pub fn arp_annotations(a: &ArpAnalysis) -> Vec<String> {
 
 /// ` · a · b` for annotations `[a, b]`, empty for none.
 pub fn annotations(list: &[String]) -> String {
-    list.iter().map(|a| format!(" · {a}")).collect()
+    let mut s = String::new();
+    write_annotations(&mut s, list);
+    s
+}
+
+/// Appends [`annotations`] to `s`.
+fn write_annotations(s: &mut String, list: &[String]) {
+    for a in list {
+        s.push_str(" · ");
+        s.push_str(a);
+    }
 }
 
 /// JSON `operation`: `"request"`, `"reply"` or the number.
@@ -870,11 +923,11 @@ pub struct KernelJson<'a> {
 }
 
 impl Renderer {
-    fn iface_of(&self, ifindex: u32) -> String {
+    fn iface_of(&self, ifindex: u32) -> std::borrow::Cow<'_, str> {
         if self.ifindex == 0 || ifindex == self.ifindex {
-            self.iface.clone()
+            std::borrow::Cow::Borrowed(&self.iface)
         } else {
-            ifindex.to_string()
+            std::borrow::Cow::Owned(ifindex.to_string())
         }
     }
 
@@ -885,7 +938,14 @@ impl Renderer {
 
     /// A TCP segment's line, with its socket side after ` ⇒ ` (text) or as `socket` (JSON, null if unknown).
     pub fn segment(&mut self, rec: &TcpRecord, link: Option<&SocketLink>) -> String {
-        let iface = self.iface_of(rec.header.ifindex);
+        let mut out = String::new();
+        self.write_segment(&mut out, rec, link);
+        out
+    }
+
+    /// Appends [`Renderer::segment`]'s line (and the analysis lines it completes, each after a newline) to
+    /// `out`; in text, a segment without annotations or socket side allocates nothing once `out` has room.
+    pub fn write_segment(&mut self, out: &mut String, rec: &TcpRecord, link: Option<&SocketLink>) {
         let (a, copy) = match self.twin_of(rec) {
             Some(a) => (a, true),
             None => {
@@ -902,20 +962,21 @@ impl Renderer {
         self.written = (self.pcapng && !copy).then(|| Written {
             comment: packet_comment(&notes, side.as_deref()),
         });
-        let mut out = if self.json {
-            let value = serde_json::to_value(tcp_json(&self.clock, &iface, rec, &a)).and_then(|mut v| {
-                v["socket"] = serde_json::to_value(link)?;
-                v["arp_wait"] = serde_json::to_value(wait)?;
-                Ok(v)
-            });
-            json_text(value)
-        } else {
-            let line = tcp_head(&self.clock, &iface, rec, &a) + &annotations(&notes);
-            match side {
-                Some(t) => format!("{line} ⇒ {t}"),
-                None => line,
+        let iface = self.iface_of(rec.header.ifindex);
+        if self.json {
+            let start = out.len();
+            if let Err(e) = tcp_json::write_tcp_json(out, &self.clock, &iface, (rec, &a), link, wait) {
+                out.truncate(start);
+                out.push_str(&json_text(Err(e)));
             }
-        };
+        } else {
+            write_tcp_head(out, &self.clock, &iface, rec, &a);
+            write_annotations(out, &notes);
+            if let Some(t) = side {
+                out.push_str(" ⇒ ");
+                out.push_str(&t);
+            }
+        }
         let abandoned = self.flows.take_abandoned();
         let events = a
             .handshake
@@ -927,7 +988,6 @@ impl Renderer {
             out.push('\n');
             out.push_str(&line);
         }
-        out
     }
 
     /// At exit: one `analysis` line per handshake that never completed.
@@ -951,12 +1011,12 @@ impl Renderer {
 
     /// An ARP packet's line.
     pub fn arp(&mut self, rec: &ArpRecord) -> String {
-        let iface = self.iface_of(rec.header.ifindex);
         let frame = self.next_frame();
         let a = self.arp.observe(rec, frame);
         self.written = self.pcapng.then(|| Written {
             comment: packet_comment(&arp_annotations(&a), None),
         });
+        let iface = self.iface_of(rec.header.ifindex);
         if !self.json {
             return arp_line(&self.clock, &iface, rec, &a);
         }
@@ -1772,5 +1832,52 @@ mod tests {
             readme_fields("### ARP analysis lines"),
             "arp_unanswered keys vs the README"
         );
+    }
+
+    /// The line as the reference builds it: the struct, with the socket side and ARP wait, through a `Value`.
+    use crate::model::arp::ResolutionWait;
+
+    fn reference_json(
+        rec: &TcpRecord,
+        a: &TcpAnalysis,
+        link: Option<&SocketLink>,
+        wait: Option<ResolutionWait>,
+    ) -> String {
+        let mut v = serde_json::to_value(tcp_json(&clock(), "eth0", rec, a)).unwrap();
+        v["socket"] = serde_json::to_value(link).unwrap();
+        v["arp_wait"] = serde_json::to_value(wait).unwrap();
+        v.to_string()
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// The direct writer prints exactly the reference's line, byte for byte, for arbitrary records in
+        /// sequence (their flows' analysis included), with and without a socket side and an ARP wait.
+        #[test]
+        fn the_direct_json_writer_prints_the_reference_line(
+            entries in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), size_of::<TcpRecord>()), 1..12),
+            linked in proptest::prelude::any::<bool>(),
+        ) {
+            let mut flows = FlowTable::default();
+            let link = SocketLink {
+                state: Some(crate::sys::sockets::TcpState::Established),
+                transitions: vec![(crate::sys::sockets::TcpState::SynRecv, crate::sys::sockets::TcpState::Established)],
+                ..SocketLink::default()
+            };
+            let wait = ResolutionWait { target: Ipv4Addr::new(10, 0, 0, 9), wait_ns: 1_500, request_frame: 1, reply_frame: 2 };
+            for mut bytes in entries {
+                bytes[observer_common::record::KIND_OFFSET] = observer_common::record::KIND_TCP;
+                bytes[std::mem::offset_of!(RecordHeader, flags)] = 0;
+                let Ok(crate::model::events::Event::Tcp(rec, None)) = crate::model::events::decode(&bytes) else {
+                    continue;
+                };
+                let a = flows.observe(&rec);
+                let (link, wait) = if linked { (Some(&link), Some(wait)) } else { (None, None) };
+                let mut direct = String::new();
+                tcp_json::write_tcp_json(&mut direct, &clock(), "eth0", (&rec, &a), link, wait).unwrap();
+                proptest::prop_assert_eq!(direct, reference_json(&rec, &a, link, wait));
+            }
+        }
     }
 }

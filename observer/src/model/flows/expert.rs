@@ -132,17 +132,50 @@ impl Expert {
 
     /// tshark's texts without brackets in Info order, e.g. `TCP Dup ACK 5#1`.
     pub fn texts(&self) -> Vec<String> {
-        self.flags()
-            .map(|f| match f {
-                ExpertFlag::DupAck => format!("{} {}#{}", f.text(), self.dupack_frame, self.dupack_num),
-                _ => f.text().to_owned(),
-            })
-            .collect()
+        self.texts_shown().map(|t| t.to_string()).collect()
+    }
+
+    /// [`Expert::texts`] as values that print themselves, without allocating.
+    pub fn texts_shown(&self) -> impl Iterator<Item = ExpertText> + '_ {
+        self.flags().map(|flag| ExpertText { flag, expert: *self })
     }
 
     /// tshark's Info prefix: every text in brackets, each followed by a space.
     pub fn prefix(&self) -> String {
-        self.texts().iter().map(|t| format!("[{t}] ")).collect()
+        let mut s = String::new();
+        // Writing into a String cannot fail.
+        let _ = self.write_prefix(&mut s);
+        s
+    }
+
+    /// Writes [`Expert::prefix`] into `out` without allocating.
+    pub fn write_prefix(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
+        for t in self.texts_shown() {
+            write!(out, "[{t}] ")?;
+        }
+        Ok(())
+    }
+}
+
+/// One expert text, e.g. `TCP Dup ACK 5#1`.
+#[derive(Clone, Copy, Debug)]
+pub struct ExpertText {
+    flag: ExpertFlag,
+    expert: Expert,
+}
+
+impl std::fmt::Display for ExpertText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.flag {
+            ExpertFlag::DupAck => write!(
+                f,
+                "{} {}#{}",
+                self.flag.text(),
+                self.expert.dupack_frame,
+                self.expert.dupack_num
+            ),
+            flag => f.write_str(flag.text()),
+        }
     }
 }
 
