@@ -449,6 +449,8 @@ struct Row {
     drops: Option<u64>,
     /// observer's socket events lost (ring full).
     sock_lost: Option<u64>,
+    /// observer's data segments folded into per-flow lines above the packet ring's high-water mark.
+    folded: Option<u64>,
     /// The capturer's CPU per wire packet.
     cpu_us: Option<f64>,
     /// Its peak RSS.
@@ -535,6 +537,7 @@ fn measure(
         lines: None,
         drops: None,
         sock_lost: None,
+        folded: None,
         cpu_us: cpu0.zip(cpu1).map(|(a, b)| (b - a) * 1e3 / packets.max(1) as f64),
         hwm_mib: hwm.map(|k| k as f64 / 1024.0),
         note,
@@ -558,6 +561,7 @@ fn measure(
                 // The report's dropped records are the packet records and the socket events the full ring lost.
                 let dropped = number_after(&stderr, "dropped records (ring buffer full)");
                 row.sock_lost = number_before(&stderr, "socket events:", "lost");
+                row.folded = number_before(&stderr, "folded:", "data");
                 row.drops = dropped.map(|d| d.saturating_sub(row.sock_lost.unwrap_or(0)));
                 row.lines = Some(if write { packets_in_file(&file)? } else { printed });
                 if row.drops.is_none() {
@@ -646,7 +650,7 @@ fn print_rows(load: Load, rows: &[Row]) {
         Load::Http => "x req/s",
     };
     println!(
-        "{:<24} {:>9} {:>10} {:>9} {:>8} {:>10} {:>7} {:>9} {:>8} {:>8} {:>9} {:>8}",
+        "{:<24} {:>9} {:>10} {:>9} {:>8} {:>10} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8}",
         "condition",
         "wire pps",
         "packets",
@@ -654,6 +658,7 @@ fn print_rows(load: Load, rows: &[Row]) {
         rate_head,
         "lines",
         "lines%",
+        "folded",
         "drops",
         "sock lost",
         "us/pkt",
@@ -666,7 +671,7 @@ fn print_rows(load: Load, rows: &[Row]) {
             _ => "-".into(),
         };
         println!(
-            "{:<24} {:>9.0} {:>10} {:>9.1} {:>7.3}x {:>10} {:>7} {:>9} {:>9} {:>8} {:>9} {:>8}{}",
+            "{:<24} {:>9.0} {:>10} {:>9.1} {:>7.3}x {:>10} {:>7} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8}{}",
             r.label,
             r.pps,
             r.wire,
@@ -674,6 +679,7 @@ fn print_rows(load: Load, rows: &[Row]) {
             r.rate / base,
             opt(r.lines, |l| l.to_string()),
             opt(r.lines, |l| format!("{:.1}", 100.0 * l as f64 / r.wire.max(1) as f64)),
+            opt(r.folded, |f| f.to_string()),
             opt(r.drops, |d| d.to_string()),
             opt(r.sock_lost, |d| d.to_string()),
             opt(r.cpu_us, |c| format!("{c:.2}")),
@@ -688,7 +694,7 @@ fn print_rows(load: Load, rows: &[Row]) {
     }
     println!(
         "(packets: veth-b rx+tx while the capturer ran; lines: packet lines printed, or packets in the -w file; \
-         drops: tcpdump's \"dropped by kernel\", observer's dropped records (ring buffer full) less its socket \
+         folded: observer's data segments counted in per-flow lines instead (above --fold-above); drops: tcpdump's \"dropped by kernel\", observer's dropped records (ring buffer full) less its socket \
          events lost; us/pkt: the capturer's utime+stime over those packets; x tcpd-w: that CPU against tcpdump -w's)"
     );
     let Some(t) = tcpdump else { return };
