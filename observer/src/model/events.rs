@@ -121,7 +121,8 @@ pub fn tcp_dst(rec: &TcpRecord) -> IpAddr {
     ip_of(rec.ip_version, &rec.daddr)
 }
 
-fn ip_of(version: u8, addr: &[u8; 16]) -> IpAddr {
+/// The address of a record's 16-byte field for IP version `version` (IPv4 in the first 4 bytes).
+pub fn ip_of(version: u8, addr: &[u8; 16]) -> IpAddr {
     if version == 4 {
         IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
     } else {

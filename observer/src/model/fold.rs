@@ -2,12 +2,11 @@
 //! folded since the previous reading. Entries that did not grow are handed back for removal, so the kernel's
 //! table holds only flows being folded now.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-};
+use std::{collections::HashMap, net::SocketAddr};
 
 use observer_common::{control::FlowKey, fold::FoldedFlow};
+
+use crate::model::events::ip_of;
 
 /// What was folded of one flow between two readings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,16 +75,9 @@ impl FoldTracker {
 
 /// The two endpoints of a flow key.
 fn endpoints(k: &FlowKey) -> (SocketAddr, SocketAddr) {
-    let ip = |a: &[u8; 16]| -> IpAddr {
-        if k.ip_version == 4 {
-            IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3]))
-        } else {
-            IpAddr::V6(Ipv6Addr::from(*a))
-        }
-    };
     (
-        SocketAddr::new(ip(&k.addr_lo), k.port_lo),
-        SocketAddr::new(ip(&k.addr_hi), k.port_hi),
+        SocketAddr::new(ip_of(k.ip_version, &k.addr_lo), k.port_lo),
+        SocketAddr::new(ip_of(k.ip_version, &k.addr_hi), k.port_hi),
     )
 }
 
