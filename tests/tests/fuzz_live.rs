@@ -83,7 +83,8 @@ fn a_hundred_thousand_fuzzed_frames_are_each_accounted_for() {
     assert!(!f.stderr.iter().any(|l| l.contains("panicked")), "{:#?}", f.stderr);
     assert_eq!(received, FRAMES as u64, "the veth lost frames: {:#?}", f.stderr);
 
-    let recorded = f.counter("records") + f.counter("full");
+    // A record, or folded into its flow's counters when the ring passed its high-water mark (a slow guest).
+    let recorded = f.counter("records") + f.counter("full") + f.counter("folded");
     let not_recorded = [
         "filtered",
         "control_only_suppressed",
