@@ -1,17 +1,17 @@
 //! The per-packet path allocates nothing in steady state: 100,000 synthetic ring records of established flows,
-//! decoded and rendered into a line each (text and JSON) after a warm-up, counted through a global allocator.
+//! decoded, analysed and written as a line each through the line view (text and JSON) after a warm-up, counted through a global allocator.
 //!
 //! Its own test binary: the allocator counts every thread of the process, so nothing else may run beside it.
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
-    io::Write as _,
     sync::atomic::{AtomicU64, Ordering},
 };
 
 use observer::{
+    model::analyzer::Analyzer,
     model::events::{self, Event},
-    view::render::Renderer,
+    view::{lines::Lines, render::Renderer, sink::Sink},
 };
 use observer_common::{
     TcpRecord,
@@ -103,24 +103,21 @@ fn record(i: usize) -> Vec<u8> {
 /// Allocations per 1,000 records through decode, render and write after the warm-up.
 fn allocations_per_1000(json: bool) -> f64 {
     let ring: Vec<Vec<u8>> = (0..WARM_UP + MEASURED).map(record).collect();
-    let mut renderer = Renderer::new("veth0", 2, json);
-    let mut out = std::io::sink();
-    let mut line = String::new();
-    let mut take = |bytes: &[u8], renderer: &mut Renderer| {
+    let mut analyzer = Analyzer::default();
+    let mut lines = Lines::new(Renderer::new("veth0", 2, json), std::io::sink());
+    let mut take = |bytes: &[u8]| {
         let Ok(Event::Tcp(rec, None)) = events::decode(bytes) else {
             panic!("not a TCP record");
         };
-        line.clear();
-        renderer.write_segment(&mut line, &rec, None);
-        line.push('\n');
-        out.write_all(line.as_bytes()).expect("sink");
+        let item = analyzer.segment(&rec, None, &[]);
+        lines.item(&item).expect("sink");
     };
     for bytes in &ring[..WARM_UP] {
-        take(bytes, &mut renderer);
+        take(bytes);
     }
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     for bytes in &ring[WARM_UP..] {
-        take(bytes, &mut renderer);
+        take(bytes);
     }
     let n = ALLOCATIONS.load(Ordering::Relaxed) - before;
     n as f64 * 1000.0 / MEASURED as f64

@@ -5,9 +5,14 @@
 use std::{mem::offset_of, path::Path};
 
 use observer::{
+    model::analyzer::Analyzer,
     model::events::{self, Event},
-    view::pcapng::{Packet, PcapngWriter},
-    view::render::{Clock, Renderer},
+    view::{
+        lines::Lines,
+        pcapng::PcapngWriter,
+        render::{Clock, Renderer},
+        sink::Sink,
+    },
 };
 use observer_common::{
     parse::parse_frame,
@@ -78,31 +83,35 @@ proptest! {
         agrees_with_etherparse(&frame)?;
     }
 
-    /// Arbitrary packet records, one after another through one renderer (its flow and ARP state), as text and as
-    /// JSON, and into a pcapng file: every line renders, every JSON line parses, every packet writes.
+    /// Arbitrary packet records, one after another through one analyzer (its flow and ARP state) into the views:
+    /// text and JSON lines and a pcapng file. Every line renders, every JSON line parses, every packet writes.
     #[test]
     fn arbitrary_records_render_and_write(entries in packet_entries()) {
-        let mut text = Renderer::new("eth0", 1, false).with_pcapng(true);
-        let mut json = Renderer::new("eth0", 1, true);
+        let mut analyzer = Analyzer::default();
+        let mut text = Lines::new(Renderer::new("eth0", 1, false), Vec::new());
+        let mut json = Lines::new(Renderer::new("eth0", 1, true), Vec::new());
         let mut pcap = PcapngWriter::new(Vec::new(), Path::new("fuzz.pcapng"), Clock::utc_with_offset(0))
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         for entry in &entries {
             let event = events::decode(entry).map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let (line, value) = match &event {
-                Event::Tcp(rec, _) => (text.segment(rec, None), json.segment(rec, None)),
-                Event::Arp(rec, _) => (text.arp(rec), json.arp(rec)),
+            let bytes = event.snap().map_or(&[][..], |s| s.bytes());
+            let item = match &event {
+                Event::Tcp(rec, _) => analyzer.segment(rec, None, bytes),
+                Event::Arp(rec, _) => analyzer.arp(rec, bytes),
                 Event::Sock(_) => unreachable!("only packet kinds are generated"),
             };
-            prop_assert!(!line.is_empty());
-            // A segment's line may be followed by its analysis line.
-            for json_line in value.lines() {
-                prop_assert!(serde_json::from_str::<serde_json::Value>(json_line).is_ok(), "{}", json_line);
-            }
-            let comment = text.take_written().and_then(|w| w.comment);
-            let header = event.header().expect("a packet record");
-            let bytes = event.snap().map_or(&[][..], |s| s.bytes());
-            pcap.write(&Packet { header, bytes, comment: comment.as_deref() })
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            text.item(&item).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            json.item(&item).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            pcap.item(&item).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        }
+        let (text, json) = (text.into_inner(), json.into_inner());
+        let (text, json) = (String::from_utf8_lossy(&text), String::from_utf8_lossy(&json));
+        // A segment's line may be followed by its analysis lines: never fewer lines than records.
+        prop_assert!(text.lines().count() >= entries.len());
+        prop_assert!(text.lines().all(|l| !l.is_empty()));
+        prop_assert!(json.lines().count() >= entries.len());
+        for json_line in json.lines() {
+            prop_assert!(serde_json::from_str::<serde_json::Value>(json_line).is_ok(), "{}", json_line);
         }
         pcap.flush().map_err(|e| TestCaseError::fail(e.to_string()))?;
     }

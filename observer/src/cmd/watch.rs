@@ -20,10 +20,11 @@ use tokio::{
 use crate::{
     cli::{HookKind, WatchArgs},
     cmd::live::LiveKernel,
+    model::analyzer::{Analyzer, Due, Item},
     model::events::{self, Event},
     model::flows::FlowTable,
-    model::fold::FoldTracker,
-    model::link::{DEFAULT_HOLD_NS, Input, Linker, Output},
+    model::fold::{FoldTracker, Folded},
+    model::link::{Bytes, DEFAULT_HOLD_NS, Input, Linker, Output},
     sys::capture::{Capture, CaptureError, Counters, FoldedTable, Hook, program},
     sys::fault::Fault,
     sys::neigh::{NeighError, NeighMsg, NeighSource, NeighTable},
@@ -32,8 +33,10 @@ use crate::{
     sys::sockets::{Socket, TcpState},
     sys::sockprogs::{self, ReasonNames},
     sys::watchdog::{self, Watchdog, WatchedFilter},
-    view::pcapng::{Packet, PcapngError, PcapngWriter},
+    view::lines::Lines,
+    view::pcapng::{PcapngError, PcapngWriter},
     view::render::{Clock, Renderer},
+    view::sink::Sink,
 };
 
 /// How often held records are checked for release.
@@ -97,15 +100,13 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     };
     let watchdog = Watchdog::new(&iface, ifindex, filters);
     let flows = FlowTable::new(args.max_flows).with_idle_ns(args.flow_idle_secs.saturating_mul(1_000_000_000));
-    let mut renderer = Renderer::new(&iface, ifindex, args.json)
-        .with_clock(clock)
+    let mut analyzer = Analyzer::default()
         .with_flows(flows)
-        .with_loopback(preflight::is_loopback(&iface))
-        .with_pcapng(pcap.is_some());
+        .with_loopback(preflight::is_loopback(&iface));
     let (mut linker, reasons) = if args.no_sockets {
         (None, None)
     } else {
-        let (l, r) = link_sockets(&mut capture, renderer.flows_mut())?;
+        let (l, r) = link_sockets(&mut capture, analyzer.flows_mut())?;
         (Some(l), Some(r))
     };
     let mut ring = register_ring(capture.take_events()?)?;
@@ -141,13 +142,13 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     }
     privileges::drop_all_but(needs)?;
 
+    let renderer = Renderer::new(&iface, ifindex, args.json).with_clock(clock);
     let mut printer = Printer {
-        renderer,
-        out: io::BufWriter::new(io::stdout().lock()),
+        analyzer,
+        lines: Lines::new(renderer, io::BufWriter::new(io::stdout().lock())),
         stats: HostStats::default(),
         limit: args.count,
         pcap,
-        line: String::with_capacity(1024),
         pcap_error: None,
         out_error: None,
     };
@@ -205,15 +206,15 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
                 let read = guard.get_inner_mut().read();
                 guard.clear_ready();
                 drop(guard);
-                read_neigh(&mut neigh, read, &mut printer.renderer);
+                read_neigh(&mut neigh, read, &mut printer.analyzer);
             }
             _ = fold_tick.tick(), if folded.high_water > 0 => {
-                let lines = folded.lines(&printer.renderer, true);
-                open = printer.emit_lines(lines);
+                let flows = folded.read(true);
+                open = printer.emit_items(flows.iter().map(|f| folded.item(f)));
             }
             _ = arp_tick.tick() => {
-                let lines = printer.renderer.arp_tick(boot_time_ns());
-                open = printer.emit_lines(lines);
+                let due = printer.analyzer.tick(boot_time_ns());
+                open = printer.emit_items(due.iter().map(Due::item));
             }
             _ = sigint.recv() => open = false,
             _ = sigterm.recv() => open = false,
@@ -233,12 +234,13 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         printer.emit_all(l.flush_all());
     }
     // The table outlives the programs: what they folded last is printed too.
-    let lines = folded.lines(&printer.renderer, false);
-    printer.emit_lines(lines);
+    let flows = folded.read(false);
+    printer.emit_items(flows.iter().map(|f| folded.item(f)));
     // Handshakes that never completed and ARP questions never answered are reported before the summary.
-    let mut lines = printer.renderer.finish();
-    lines.extend(printer.renderer.arp_finish(boot_time_ns()));
-    printer.emit_lines(lines);
+    let open = printer.analyzer.finish_flows();
+    printer.emit_items(open.iter().map(Item::Handshake));
+    let due = printer.analyzer.finish_arp(boot_time_ns());
+    printer.emit_items(due.iter().map(Due::item));
     printer.flush_out();
     printer.flush_pcap();
     if let Some(logger) = logger.as_mut() {
@@ -252,7 +254,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
             &counters,
             &printer.stats,
             linker.as_ref(),
-            &printer.renderer,
+            &printer.analyzer,
             &folded.tracker
         )
     );
@@ -294,15 +296,15 @@ fn open_neigh(ifindex: u32) -> Option<Neigh> {
     }
 }
 
-/// Hands the neighbour changes read to the renderer; a failed read ends the subscription.
-fn read_neigh(neigh: &mut Option<Neigh>, read: Result<Vec<NeighMsg>, NeighError>, renderer: &mut Renderer) {
+/// Hands the neighbour changes read to the analyzer; a failed read ends the subscription.
+fn read_neigh(neigh: &mut Option<Neigh>, read: Result<Vec<NeighMsg>, NeighError>, analyzer: &mut Analyzer) {
     let Some(n) = neigh.as_mut() else { return };
     match read {
         Ok(msgs) => {
             let now = boot_time_ns();
             for m in msgs {
                 if let Some(change) = n.table.apply(&m, now) {
-                    renderer.neigh(change);
+                    analyzer.neigh(change);
                 }
             }
         }
@@ -358,15 +360,14 @@ struct HostStats {
     decode_errors: u64,
 }
 
-/// Writes lines and counts them against `--count`; with `--write`, also each wire record to the pcapng file.
+/// Feeds the analyzer and hands its items to the views (lines on stdout, the pcapng file with `--write`),
+/// counting them against `--count`.
 struct Printer<W: Write> {
-    renderer: Renderer,
-    out: W,
+    analyzer: Analyzer,
+    lines: Lines<W>,
     stats: HostStats,
     limit: Option<u64>,
     pcap: Option<PcapngWriter>,
-    /// The line being written, reused: a data segment's line allocates nothing once it has room.
-    line: String,
     /// The write error that stopped the agent.
     pcap_error: Option<PcapngError>,
     /// The stdout error that stopped the agent (a closed pipe: the reader went away).
@@ -391,29 +392,8 @@ impl<W: Write> Printer<W> {
 
     /// Flushes stdout, keeping its error.
     fn flush_out(&mut self) {
-        let flushed = self.out.flush();
+        let flushed = self.lines.flush();
         self.wrote(flushed);
-    }
-
-    /// Writes a wire record (with its header bytes) to the pcapng file, commented with the line's annotations
-    /// and socket side, unless it is a loopback copy of the frame before; a write error stops the agent.
-    fn write_packet(&mut self, output: &Output) {
-        let (header, snap) = match output {
-            Output::Segment(rec, _, snap) => (&rec.header, snap),
-            Output::Arp(rec, snap) => (&rec.header, snap),
-            Output::State(..) | Output::Note(_) => return,
-        };
-        let (Some(writer), Some(written)) = (self.pcap.as_mut(), self.renderer.take_written()) else {
-            return;
-        };
-        let packet = Packet {
-            header,
-            bytes: snap.as_deref().map_or(&[], Snap::bytes),
-            comment: written.comment.as_deref(),
-        };
-        if let Err(e) = writer.write(&packet) {
-            self.pcap_failed(e);
-        }
     }
 
     /// Stops writing the pcapng file after `e`, keeping the whole blocks written so far.
@@ -434,35 +414,34 @@ impl<W: Write> Printer<W> {
         }
     }
 
-    /// Prints one item; returns false once the agent should stop.
+    /// Analyses and prints one output of the linker; returns false once the agent should stop.
     fn emit(&mut self, output: Output) -> bool {
         if self.done() {
             return false;
         }
-        self.line.clear();
-        let wire = match &output {
-            Output::Segment(rec, link, _) => {
-                self.renderer.write_segment(&mut self.line, rec, link.as_ref());
-                true
-            }
-            Output::Arp(rec, _) => {
-                self.line.push_str(&self.renderer.arp(rec));
-                true
-            }
-            Output::State(change, owner) => {
-                self.line.push_str(&self.renderer.state(change, owner.as_ref()));
-                false
-            }
-            Output::Note(note) => {
-                self.line.push_str(&self.renderer.note(note));
-                false
-            }
+        let Printer {
+            analyzer, lines, pcap, ..
+        } = self;
+        let (item, wire) = match &output {
+            Output::Segment(rec, link, snap) => (analyzer.segment(rec, link.as_ref(), snap_bytes(snap)), true),
+            Output::Arp(rec, snap) => (analyzer.arp(rec, snap_bytes(snap)), true),
+            Output::State(change, owner) => (
+                Item::State {
+                    change,
+                    owner: owner.as_ref(),
+                },
+                false,
+            ),
+            Output::Note(note) => (Item::Note(note), false),
         };
-        if wire {
-            self.write_packet(&output);
+        let packet = match pcap.as_mut() {
+            Some(w) if wire => w.item(&item),
+            _ => Ok(()),
+        };
+        let written = lines.item(&item);
+        if let Err(e) = packet {
+            self.pcap_failed(e);
         }
-        self.line.push('\n');
-        let written = self.out.write_all(self.line.as_bytes());
         if !self.wrote(written) {
             return false;
         }
@@ -478,14 +457,14 @@ impl<W: Write> Printer<W> {
         true
     }
 
-    /// Prints lines that are not wire records (ARP give-ups, neighbour changes); returns false once the agent
-    /// should stop.
-    fn emit_lines(&mut self, lines: Vec<String>) -> bool {
-        for line in lines {
+    /// Prints items that are neither wire records nor kernel events (folded flows, ARP give-ups, neighbour
+    /// changes, open handshakes); returns false once the agent should stop.
+    fn emit_items<'a>(&mut self, items: impl IntoIterator<Item = Item<'a>>) -> bool {
+        for item in items {
             if self.done() {
                 break;
             }
-            let written = writeln!(self.out, "{line}");
+            let written = self.lines.item(&item);
             self.wrote(written);
         }
         self.flush_out();
@@ -504,6 +483,11 @@ impl<W: Write> Printer<W> {
     }
 }
 
+/// A record's header bytes, empty without a snap.
+fn snap_bytes(snap: &Bytes) -> &[u8] {
+    snap.as_deref().map_or(&[], Snap::bytes)
+}
+
 /// The kernel's folded segments and what of them was printed.
 struct Folding {
     table: FoldedTable,
@@ -513,13 +497,21 @@ struct Folding {
 }
 
 impl Folding {
-    /// One line per flow that grew since the last reading; with `forget`, idle flows leave the kernel's table.
-    fn lines(&mut self, renderer: &Renderer, forget: bool) -> Vec<String> {
-        let (items, idle) = self.tracker.update(self.table.read());
+    /// The flows that grew since the last reading; with `forget`, idle flows leave the kernel's table.
+    fn read(&mut self, forget: bool) -> Vec<Folded> {
+        let (flows, idle) = self.tracker.update(self.table.read());
         if forget {
             self.table.remove(&idle);
         }
-        items.iter().map(|f| renderer.folded(f, self.high_water)).collect()
+        flows
+    }
+
+    /// A flow's item.
+    fn item<'a>(&self, flow: &'a Folded) -> Item<'a> {
+        Item::Folded {
+            flow,
+            high_water: self.high_water,
+        }
     }
 }
 
@@ -674,7 +666,7 @@ fn report(
     c: &Counters,
     host: &HostStats,
     linker: Option<&Linker<LiveKernel>>,
-    renderer: &Renderer,
+    analyzer: &Analyzer,
     folded: &FoldTracker,
 ) -> String {
     let mut s = format!(
@@ -684,8 +676,8 @@ fn report(
         host.events,
         host.decode_errors
     );
-    s += &renderer.flow_stats().summary_text();
-    s += &renderer.arp_tracker().summary_text();
+    s += &analyzer.flow_stats().summary_text();
+    s += &analyzer.arp_tracker().summary_text();
     s.push('\n');
     s += &format!(
         "frames seen: tc ingress {}, tc egress {}, xdp {}\n",
@@ -780,7 +772,7 @@ mod tests {
                 ..Default::default()
             },
             None,
-            &Renderer::new("eth0", 0, false),
+            &Analyzer::default(),
             &FoldTracker::default(),
         );
         assert!(r.starts_with("dropped records (ring buffer full): 4\n"), "{r}");
@@ -809,7 +801,7 @@ mod tests {
                 c,
                 &HostStats::default(),
                 None,
-                &Renderer::new("eth0", 0, false),
+                &Analyzer::default(),
                 &FoldTracker::default(),
             )
         };

@@ -31,7 +31,9 @@ use pcap_file::{
     },
 };
 
-use crate::view::render::Clock;
+use crate::model::analyzer::Item;
+use crate::view::render::{Clock, packet_comment_of};
+use crate::view::sink::Sink;
 
 /// `epb_flags` direction bits: inbound.
 pub const EPB_INBOUND: u32 = 0b01;
@@ -263,6 +265,30 @@ fn write_error(path: &Path, e: PcapError) -> PcapngError {
             path: path.to_owned(),
             source,
         },
+    }
+}
+
+/// Each packet item is one Enhanced Packet Block, commented with its text line's annotations and socket side;
+/// loopback's incoming copy of a frame is that frame, written once.
+impl<W: Write> Sink for PcapngWriter<W> {
+    type Error = PcapngError;
+
+    fn item(&mut self, item: &Item<'_>) -> Result<(), PcapngError> {
+        let (header, bytes) = match item {
+            Item::Segment(s) if !s.copy => (&s.rec.header, s.bytes),
+            Item::Arp(a) => (&a.rec.header, a.bytes),
+            _ => return Ok(()),
+        };
+        let comment = packet_comment_of(item);
+        self.write(&Packet {
+            header,
+            bytes,
+            comment: comment.as_deref(),
+        })
+    }
+
+    fn flush(&mut self) -> Result<(), PcapngError> {
+        PcapngWriter::flush(self)
     }
 }
 

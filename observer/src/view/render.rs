@@ -11,7 +11,6 @@
 mod analysis;
 mod tcp_json;
 
-use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
@@ -25,9 +24,10 @@ use serde::Serialize;
 #[cfg(test)]
 use observer_common::record::{OPT_UNKNOWN, TCP_ACK};
 
-use crate::model::arp::{Answer, ArpAnalysis, ArpKind, ArpTracker, Unanswered, retry_annotation};
+use crate::model::analyzer::{Arp, Item, Segment};
+use crate::model::arp::{Answer, ArpAnalysis, ArpKind, Unanswered, retry_annotation};
 use crate::model::events::{tcp_dst, tcp_src};
-use crate::model::flows::{FlowTable, MAX_WINDOW_SHIFT, TcpAnalysis, WindowScaling};
+use crate::model::flows::{MAX_WINDOW_SHIFT, TcpAnalysis, WindowScaling};
 use crate::model::fold::Folded;
 use crate::model::link::{KernelNote, ListenerView, SocketLink, StateChange};
 use crate::sys::neigh::NeighChange;
@@ -322,34 +322,21 @@ pub fn tcp_annotations(a: &TcpAnalysis) -> Vec<String> {
     out
 }
 
-/// A wire record to write to the pcapng file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Written {
-    /// Its comment: the line's annotations and socket side.
-    pub comment: Option<String>,
-}
-
-/// Outgoing loopback segments remembered until their incoming copy: a copy follows within microseconds.
-const MAX_TWINS: usize = 256;
-
-/// What identifies a loopback segment's incoming copy: every field the copy shares with the original.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct TwinKey {
-    ends: ([u8; 16], [u8; 16], u16, u16),
-    numbers: (u32, u32, u8, u16, u16, u32),
-}
-
-impl TwinKey {
-    fn of(r: &TcpRecord) -> Self {
-        TwinKey {
-            ends: (r.saddr, r.daddr, r.sport, r.dport),
-            numbers: (r.seq, r.ack, r.flags, r.payload_len, r.window, r.tsval),
+/// A wire item's comment in the pcapng file: its annotations and socket side as the text line shows them
+/// (`fills hole 1-2 ⇒ ESTABLISHED curl(42)`); `None` when there is neither, or when the item is no packet.
+pub fn packet_comment_of(item: &Item<'_>) -> Option<String> {
+    match item {
+        Item::Segment(s) => {
+            let mut notes = tcp_annotations(s.analysis);
+            notes.extend(s.wait.map(|w| w.annotation()));
+            let side = s.link.map(SocketLink::text).filter(|t| !t.is_empty());
+            packet_comment(&notes, side.as_deref())
         }
+        Item::Arp(a) => packet_comment(&arp_annotations(a.analysis), None),
+        _ => None,
     }
 }
 
-/// A packet's comment in the pcapng file: its annotations and socket side as the text line shows them
-/// (`fills hole 1-2 ⇒ ESTABLISHED curl(42)`); `None` when there is neither.
 fn packet_comment(notes: &[String], side: Option<&str>) -> Option<String> {
     let mut c = notes.join(" · ");
     if let Some(side) = side {
@@ -807,23 +794,13 @@ pub struct ArpUnansweredJson<'a> {
     pub summary: String,
 }
 
-/// Turns records into output lines: owns the flow and ARP state, the clock and the interface name.
+/// Formats the model's items as text or JSON lines: the interface name, the clock and the mode, no analysis state.
 #[derive(Debug)]
 pub struct Renderer {
     iface: String,
     ifindex: u32,
     json: bool,
     clock: Clock,
-    flows: FlowTable,
-    arp: ArpTracker,
-    /// Wire records rendered so far (TCP and ARP): the last frame number given.
-    frames: u64,
-    /// Whether wire records go to a pcapng file too (only then are their comments built).
-    pcapng: bool,
-    /// The last wire record rendered, when it goes to the pcapng file (not a loopback copy): its comment.
-    written: Option<Written>,
-    /// On a loopback interface, the analyses of segments seen going out, waiting for their copy coming in.
-    twins: Option<VecDeque<(TwinKey, TcpAnalysis)>>,
 }
 
 impl Renderer {
@@ -836,43 +813,13 @@ impl Renderer {
             ifindex,
             json,
             clock: Clock::new().unwrap_or(Clock::utc_with_offset(0)),
-            flows: FlowTable::default(),
-            arp: ArpTracker::default(),
-            frames: 0,
-            pcapng: false,
-            written: None,
-            twins: None,
         }
-    }
-
-    /// For a loopback interface: a segment's copy coming back in is the same frame as the one that went out, with
-    /// its analysis (tcpdump and tshark see it once); only its socket side is its own.
-    pub fn with_loopback(mut self, loopback: bool) -> Self {
-        self.twins = loopback.then(VecDeque::new);
-        self
-    }
-
-    /// Keeps each wire record's pcapng comment for [`Renderer::take_written`].
-    pub fn with_pcapng(mut self, pcapng: bool) -> Self {
-        self.pcapng = pcapng;
-        self
     }
 
     /// Replaces the clock.
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
-    }
-
-    /// Replaces the flow table (for another cap or linger).
-    pub fn with_flows(mut self, flows: FlowTable) -> Self {
-        self.flows = flows;
-        self
-    }
-
-    /// The flow table, for its `evicted` and `expired` counters.
-    pub fn flows(&self) -> &FlowTable {
-        &self.flows
     }
 }
 
@@ -931,57 +878,51 @@ impl Renderer {
         }
     }
 
-    /// Teaches the flow table window scales learnt from tcp_info.
-    pub fn flows_mut(&mut self) -> &mut FlowTable {
-        &mut self.flows
+    /// Appends an item's line to `out` (a segment's followed by the analysis lines it completes, each after a
+    /// newline); a data segment without annotations or socket side allocates nothing once `out` has room.
+    pub fn write_item(&self, out: &mut String, item: &Item<'_>) {
+        match item {
+            Item::Segment(s) => self.write_segment(out, s),
+            Item::Arp(a) => out.push_str(&self.arp(a)),
+            Item::State { change, owner } => out.push_str(&self.state(change, *owner)),
+            Item::Note(note) => out.push_str(&self.note(note)),
+            Item::Folded { flow, high_water } => out.push_str(&self.folded(flow, *high_water)),
+            Item::Unanswered(u) => out.push_str(&self.unanswered_line(u)),
+            Item::Neigh { change, after } => out.push_str(&self.neigh_line(change, *after)),
+            Item::Handshake(h) => out.push_str(&analysis::handshake(&self.clock, h, self.json)),
+        }
     }
 
-    /// A TCP segment's line, with its socket side after ` ⇒ ` (text) or as `socket` (JSON, null if unknown).
-    pub fn segment(&mut self, rec: &TcpRecord, link: Option<&SocketLink>) -> String {
+    /// An item's line, as [`Renderer::write_item`] writes it.
+    pub fn line(&self, item: &Item<'_>) -> String {
         let mut out = String::new();
-        self.write_segment(&mut out, rec, link);
+        self.write_item(&mut out, item);
         out
     }
 
-    /// Appends [`Renderer::segment`]'s line (and the analysis lines it completes, each after a newline) to
-    /// `out`; in text, a segment without annotations or socket side allocates nothing once `out` has room.
-    pub fn write_segment(&mut self, out: &mut String, rec: &TcpRecord, link: Option<&SocketLink>) {
-        let (a, copy) = match self.twin_of(rec) {
-            Some(a) => (a, true),
-            None => {
-                let frame = self.next_frame();
-                let a = self.flows.observe_frame(rec, frame);
-                self.remember_twin(rec, &a);
-                (a, false)
-            }
-        };
-        let wait = self.arp.resolution_wait(rec);
-        let mut notes = tcp_annotations(&a);
-        notes.extend(wait.map(|w| w.annotation()));
-        let side = link.map(SocketLink::text).filter(|t| !t.is_empty());
-        self.written = (self.pcapng && !copy).then(|| Written {
-            comment: packet_comment(&notes, side.as_deref()),
-        });
+    fn write_segment(&self, out: &mut String, s: &Segment<'_>) {
+        let (rec, a) = (s.rec, s.analysis);
         let iface = self.iface_of(rec.header.ifindex);
         if self.json {
             let start = out.len();
-            if let Err(e) = tcp_json::write_tcp_json(out, &self.clock, &iface, (rec, &a), link, wait) {
+            if let Err(e) = tcp_json::write_tcp_json(out, &self.clock, &iface, (rec, a), s.link, s.wait) {
                 out.truncate(start);
                 out.push_str(&json_text(Err(e)));
             }
         } else {
-            write_tcp_head(out, &self.clock, &iface, rec, &a);
+            let mut notes = tcp_annotations(a);
+            notes.extend(s.wait.map(|w| w.annotation()));
+            write_tcp_head(out, &self.clock, &iface, rec, a);
             write_annotations(out, &notes);
-            if let Some(t) = side {
+            if let Some(t) = s.link.map(SocketLink::text).filter(|t| !t.is_empty()) {
                 out.push_str(" ⇒ ");
                 out.push_str(&t);
             }
         }
-        let abandoned = self.flows.take_abandoned();
         let events = a
             .handshake
             .iter()
-            .chain(&abandoned)
+            .chain(s.abandoned)
             .map(|h| analysis::handshake(&self.clock, h, self.json))
             .chain(a.teardown.iter().map(|t| analysis::teardown(&self.clock, t, self.json)));
         for line in events {
@@ -990,105 +931,14 @@ impl Renderer {
         }
     }
 
-    /// At exit: one `analysis` line per handshake that never completed.
-    pub fn finish(&mut self) -> Vec<String> {
-        let open = self.flows.finish();
-        open.iter()
-            .map(|h| analysis::handshake(&self.clock, h, self.json))
-            .collect()
-    }
-
-    /// The flow analysis counters for the exit summary ([`crate::model::flows::stats::FlowStats::summary_text`]).
-    pub fn flow_stats(&self) -> crate::model::flows::stats::FlowStats {
-        self.flows.stats()
-    }
-
-    /// The next frame number, 1-based, in output order (tshark's number for the same packet in our pcapng).
-    fn next_frame(&mut self) -> u64 {
-        self.frames += 1;
-        self.frames
-    }
-
     /// An ARP packet's line.
-    pub fn arp(&mut self, rec: &ArpRecord) -> String {
-        let frame = self.next_frame();
-        let a = self.arp.observe(rec, frame);
-        self.written = self.pcapng.then(|| Written {
-            comment: packet_comment(&arp_annotations(&a), None),
-        });
+    fn arp(&self, item: &Arp<'_>) -> String {
+        let (rec, a) = (item.rec, item.analysis);
         let iface = self.iface_of(rec.header.ifindex);
         if !self.json {
-            return arp_line(&self.clock, &iface, rec, &a);
+            return arp_line(&self.clock, &iface, rec, a);
         }
-        json_text(serde_json::to_value(arp_json(&self.clock, &iface, rec, &a)))
-    }
-
-    /// The last wire record rendered, to write to the pcapng file, taken once; `None` for a loopback copy, which
-    /// is the frame written before it.
-    pub fn take_written(&mut self) -> Option<Written> {
-        self.written.take()
-    }
-
-    /// On loopback, the analysis of the outgoing copy of this incoming segment (taken once).
-    fn twin_of(&mut self, rec: &TcpRecord) -> Option<TcpAnalysis> {
-        let twins = self.twins.as_mut()?;
-        if rec.header.direction == DIR_EGRESS {
-            return None;
-        }
-        let key = TwinKey::of(rec);
-        let i = twins.iter().position(|(k, _)| *k == key)?;
-        let (_, a) = twins.remove(i)?;
-        // The timelines were reported with the outgoing copy.
-        Some(TcpAnalysis {
-            handshake: None,
-            teardown: None,
-            ..a
-        })
-    }
-
-    fn remember_twin(&mut self, rec: &TcpRecord, a: &TcpAnalysis) {
-        let Some(twins) = self.twins.as_mut() else { return };
-        if rec.header.direction != DIR_EGRESS {
-            return;
-        }
-        if twins.len() >= MAX_TWINS {
-            twins.pop_front();
-        }
-        twins.push_back((TwinKey::of(rec), *a));
-    }
-
-    /// The ARP analysis: counters, [`ArpTracker::summary_text`], [`ArpTracker::resolution_wait`].
-    pub fn arp_tracker(&self) -> &ArpTracker {
-        &self.arp
-    }
-
-    /// Takes a neighbour change; it shows on the line of the reply that caused it, or later on its own line.
-    pub fn neigh(&mut self, change: NeighChange) {
-        self.arp.hold_neigh(change);
-    }
-
-    /// Lines due by `now_ns` (boot time): ARP questions given up and neighbour changes no reply claimed.
-    pub fn arp_tick(&mut self, now_ns: u64) -> Vec<String> {
-        let unanswered = self.arp.expire(now_ns);
-        let neigh = self.arp.due_neigh(now_ns);
-        self.arp_lines(unanswered, neigh)
-    }
-
-    /// At exit: every question still waiting, given up, and every neighbour change still held.
-    pub fn arp_finish(&mut self, now_ns: u64) -> Vec<String> {
-        let unanswered = self.arp.finish(now_ns);
-        let neigh = self.arp.finish_neigh();
-        self.arp_lines(unanswered, neigh)
-    }
-
-    fn arp_lines(&self, unanswered: Vec<Unanswered>, neigh: Vec<(NeighChange, Option<u64>)>) -> Vec<String> {
-        let mut lines: Vec<(u64, String)> = unanswered
-            .iter()
-            .map(|u| (u.ts_ns, self.unanswered_line(u)))
-            .chain(neigh.iter().map(|(c, after)| (c.ts_ns, self.neigh_line(c, *after))))
-            .collect();
-        lines.sort_by_key(|l| l.0);
-        lines.into_iter().map(|l| l.1).collect()
+        json_text(serde_json::to_value(arp_json(&self.clock, &iface, rec, a)))
     }
 
     /// `<time> arp <iface> Who has <ip>? Tell <ip> · unanswered after 3 tries, #1 to #5`.
@@ -1139,7 +989,7 @@ impl Renderer {
     }
 
     /// The line of a state change no captured segment explains: `<time> kernel <local> ↔ <remote> <OLD>→<NEW>`.
-    pub fn state(&self, change: &StateChange, owner: Option<&Owner>) -> String {
+    fn state(&self, change: &StateChange, owner: Option<&Owner>) -> String {
         let summary = format!("{}→{}", change.old.name(), change.new.name());
         let j = KernelJson {
             head: LineHead::new(&self.clock, change.ts_ns, "kernel"),
@@ -1156,7 +1006,7 @@ impl Renderer {
     }
 
     /// The line of a flow's folded data segments: `<time> folded <lo> ↔ <hi> <n> data segments, <b> bytes ...`.
-    pub fn folded(&self, f: &Folded, high_water: u64) -> String {
+    fn folded(&self, f: &Folded, high_water: u64) -> String {
         let summary = format!(
             "{} data segments, {} bytes in {} not printed one by one: more than {} KiB of the packet ring was unread",
             f.packets,
@@ -1185,7 +1035,7 @@ impl Renderer {
     }
 
     /// The line of another kernel event: `<time> kernel <local> → <remote> <what>`.
-    pub fn note(&self, note: &KernelNote) -> String {
+    fn note(&self, note: &KernelNote) -> String {
         let j = KernelJson {
             head: LineHead::new(&self.clock, note.ts_ns, "kernel"),
             event: &note.event,
@@ -1233,6 +1083,95 @@ fn json_text(v: serde_json::Result<serde_json::Value>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::model::analyzer::Analyzer;
+    use crate::model::arp::ArpTracker;
+    use crate::model::flows::FlowTable;
+
+    /// A wire record's pcapng comment, as the pcapng view writes it.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    struct Written {
+        comment: Option<String>,
+    }
+
+    /// The analyzer and the renderer together, as `watch` drives them, one line per call.
+    struct Pipeline {
+        analyzer: Analyzer,
+        renderer: Renderer,
+        /// The last wire item's comment, unless it was a loopback copy.
+        written: Option<Written>,
+    }
+
+    impl Pipeline {
+        fn new(iface: &str, ifindex: u32, json: bool) -> Self {
+            Pipeline {
+                analyzer: Analyzer::default(),
+                renderer: Renderer::new(iface, ifindex, json),
+                written: None,
+            }
+        }
+
+        fn with_clock(mut self, clock: Clock) -> Self {
+            self.renderer = self.renderer.with_clock(clock);
+            self
+        }
+
+        fn with_loopback(mut self, loopback: bool) -> Self {
+            self.analyzer = self.analyzer.with_loopback(loopback);
+            self
+        }
+
+        fn flows(&self) -> &FlowTable {
+            self.analyzer.flows()
+        }
+
+        fn arp_tracker(&self) -> &ArpTracker {
+            self.analyzer.arp_tracker()
+        }
+
+        fn segment(&mut self, rec: &TcpRecord, link: Option<&SocketLink>) -> String {
+            let item = self.analyzer.segment(rec, link, &[]);
+            let copy = matches!(&item, Item::Segment(s) if s.copy);
+            let written = (!copy).then(|| Written {
+                comment: packet_comment_of(&item),
+            });
+            let line = self.renderer.line(&item);
+            self.written = written;
+            line
+        }
+
+        fn arp(&mut self, rec: &ArpRecord) -> String {
+            let item = self.analyzer.arp(rec, &[]);
+            let written = Written {
+                comment: packet_comment_of(&item),
+            };
+            let line = self.renderer.line(&item);
+            self.written = Some(written);
+            line
+        }
+
+        fn neigh(&mut self, change: NeighChange) {
+            self.analyzer.neigh(change);
+        }
+
+        fn arp_tick(&mut self, now_ns: u64) -> Vec<String> {
+            let due = self.analyzer.tick(now_ns);
+            due.iter().map(|d| self.renderer.line(&d.item())).collect()
+        }
+
+        fn arp_finish(&mut self, now_ns: u64) -> Vec<String> {
+            let due = self.analyzer.finish_arp(now_ns);
+            due.iter().map(|d| self.renderer.line(&d.item())).collect()
+        }
+
+        fn take_written(&mut self) -> Option<Written> {
+            self.written.take()
+        }
+
+        fn state(&self, change: &StateChange, owner: Option<&Owner>) -> String {
+            self.renderer.state(change, owner)
+        }
+    }
     use crate::model::flows::tests::{CLIENT, SERVER, linux_syn_options, seg};
     use observer_common::record::{OPTKIND_SACK, SackBlock, TCP_CWR, TCP_ECE, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 
@@ -1481,7 +1420,7 @@ mod tests {
 
     #[test]
     fn renderer_annotates_arp_and_prints_given_up_questions() {
-        let mut text = Renderer::new("eth0", 0, false).with_clock(clock());
+        let mut text = Pipeline::new("eth0", 0, false).with_clock(clock());
         let ask = arp((A, BC), 1, A, IP1, Z, IP2);
         let mut retry = ask;
         retry.header.ts_ns += 1_000_000_000;
@@ -1621,8 +1560,8 @@ mod tests {
 
     #[test]
     fn renderer_threads_state_through_text_and_json() {
-        let mut text = Renderer::new("eth0", 2, false).with_clock(clock());
-        let mut json = Renderer::new("eth0", 2, true).with_clock(clock());
+        let mut text = Pipeline::new("eth0", 2, false).with_clock(clock());
+        let mut json = Pipeline::new("eth0", 2, true).with_clock(clock());
         let mut syn = framed(seg(C, S, SYN, 1000, 0, 64240, 0), 74, DIR_EGRESS);
         syn.header.ifindex = 2;
         let mut ack = framed(seg(C, S, ACK, 1001, 5001, 4106, 0), 66, DIR_EGRESS);
@@ -1681,10 +1620,7 @@ mod tests {
         let ack = seg(c, s, ACK, 1001, 5001, 64, 0);
         let both = |r: TcpRecord| [framed(r, 74, DIR_EGRESS), framed(r, 74, DIR_INGRESS)];
         let packets: Vec<TcpRecord> = [syn, synack, ack].into_iter().flat_map(both).collect();
-        let mut lo = Renderer::new("lo", 0, true)
-            .with_clock(clock())
-            .with_loopback(true)
-            .with_pcapng(true);
+        let mut lo = Pipeline::new("lo", 0, true).with_clock(clock()).with_loopback(true);
         let mut objects = Vec::new();
         let mut written = 0;
         for p in &packets {
@@ -1704,7 +1640,7 @@ mod tests {
         let handshakes = objects.iter().filter(|v| v["event"] == "handshake").count();
         assert_eq!(handshakes, 1, "{objects:#?}");
         // The same records on another interface are six frames, three of them retransmissions in Wireshark's eyes.
-        let mut veth = Renderer::new("veth", 0, true).with_clock(clock());
+        let mut veth = Pipeline::new("veth", 0, true).with_clock(clock());
         let flagged = packets
             .iter()
             .map(|p| veth.segment(p, None))
@@ -1723,7 +1659,7 @@ mod tests {
         };
         let mut comments = Vec::new();
         for json in [false, true] {
-            let mut r = Renderer::new("eth0", 0, json).with_clock(clock()).with_pcapng(true);
+            let mut r = Pipeline::new("eth0", 0, json).with_clock(clock());
             let lines = [r.segment(&syn, None), r.segment(&ack, Some(&link))];
             let taken = r.take_written().and_then(|w| w.comment);
             let _ = r.segment(&syn, None);
@@ -1752,7 +1688,7 @@ mod tests {
         let mut flows = FlowTable::default();
         let syn = framed(seg(C, S, SYN, 1000, 0, 64240, 0), 74, DIR_EGRESS);
         let _ = flows.observe(&syn);
-        let mut json = Renderer::new("eth0", 0, true).with_clock(clock());
+        let mut json = Pipeline::new("eth0", 0, true).with_clock(clock());
         let link = SocketLink::default();
         let tcp: serde_json::Value = serde_json::from_str(&json.segment(&syn, Some(&link))).unwrap();
         let documented: std::collections::BTreeSet<String> =
@@ -1811,7 +1747,7 @@ mod tests {
             state: crate::sys::neigh::NeighState::FAILED,
             deleted: false,
         };
-        let neigh: serde_json::Value = serde_json::from_str(&json.neigh_line(&change, Some(1))).unwrap();
+        let neigh: serde_json::Value = serde_json::from_str(&json.renderer.neigh_line(&change, Some(1))).unwrap();
         assert_eq!(
             keys(&neigh),
             readme_fields("### Neighbour lines"),
@@ -1826,7 +1762,7 @@ mod tests {
             first_frame: 1,
             last_frame: 3,
         };
-        let gone: serde_json::Value = serde_json::from_str(&json.unanswered_line(&gone)).unwrap();
+        let gone: serde_json::Value = serde_json::from_str(&json.renderer.unanswered_line(&gone)).unwrap();
         assert_eq!(
             keys(&gone),
             readme_fields("### ARP analysis lines"),
