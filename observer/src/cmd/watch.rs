@@ -37,6 +37,7 @@ use crate::{
     view::pcapng::{PcapngError, PcapngWriter},
     view::render::{Clock, Renderer},
     view::sink::Sink,
+    view::summary,
 };
 
 /// How often held records are checked for release.
@@ -676,8 +677,8 @@ fn report(
         host.events,
         host.decode_errors
     );
-    s += &analyzer.flow_stats().summary_text();
-    s += &analyzer.arp_tracker().summary_text();
+    s += &summary::flows(&analyzer.flow_stats());
+    s += &summary::arp(&analyzer.arp_tracker().counts());
     s.push('\n');
     s += &format!(
         "frames seen: tc ingress {}, tc egress {}, xdp {}\n",

@@ -7,14 +7,12 @@
 //! the IP was first seen with another MAC; the table keeps that first MAC. The Info note reflects the last check.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use observer_common::record::{ARP_REPLY, ARP_REQUEST, ArpRecord, DIR_EGRESS, TCP_ACK, TCP_SYN, TcpRecord};
 use serde::Serialize;
 
 use crate::sys::neigh::NeighChange;
-use crate::view::render::fmt_ms;
 
 /// Default cap on the IP addresses the ARP state remembers.
 pub const DEFAULT_ARP_ENTRIES: usize = 4096;
@@ -208,27 +206,6 @@ pub struct Answer {
     pub again: bool,
 }
 
-impl Answer {
-    /// The annotation after the Info, e.g. `answers #12 in 0.210 ms`.
-    pub fn annotation(&self) -> String {
-        let mut s = format!(
-            "{}answers #{} in {}",
-            if self.again { "also " } else { "" },
-            self.request_frame,
-            fmt_ms(self.response_ns)
-        );
-        if self.tries > 1 {
-            let _ = write!(s, " (try {})", self.tries);
-        }
-        s
-    }
-}
-
-/// The annotation of a request that repeats an unanswered one, e.g. `retry 2, unanswered`.
-pub fn retry_annotation(retry: u32) -> Option<String> {
-    (retry > 0).then(|| format!("retry {retry}, unanswered"))
-}
-
 /// A request given up: no reply within [`GIVE_UP_NS`] of its last try, or none by exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Unanswered {
@@ -248,14 +225,6 @@ pub struct Unanswered {
     pub last_frame: u64,
 }
 
-impl Unanswered {
-    /// `unanswered after 3 tries`.
-    pub fn annotation(&self) -> String {
-        let plural = if self.tries == 1 { "try" } else { "tries" };
-        format!("unanswered after {} {plural}", self.tries)
-    }
-}
-
 /// An egress SYN that left right after the ARP reply resolving its destination: it waited on the resolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ResolutionWait {
@@ -267,13 +236,6 @@ pub struct ResolutionWait {
     pub request_frame: u64,
     /// Frame number of the reply.
     pub reply_frame: u64,
-}
-
-impl ResolutionWait {
-    /// `waited 1.200 ms for ARP 10.1.0.2`.
-    pub fn annotation(&self) -> String {
-        format!("waited {} for ARP {}", fmt_ms(self.wait_ns), self.target)
-    }
 }
 
 /// Counters for the exit summary.
@@ -587,25 +549,6 @@ impl ArpTracker {
     pub fn counts(&self) -> ArpCounts {
         self.counts
     }
-
-    /// One line for the exit report.
-    pub fn summary_text(&self) -> String {
-        let c = &self.counts;
-        format!(
-            "arp: {} requests ({} answered, {} unanswered, {} retries, {} probes), {} replies ({} unsolicited), \
-             {} gratuitous, {} announcements, {} duplicate-address packets",
-            c.requests,
-            c.answered,
-            c.unanswered,
-            c.retries,
-            c.probes,
-            c.replies,
-            c.unsolicited,
-            c.gratuitous,
-            c.announcements,
-            c.duplicates
-        )
-    }
 }
 
 #[cfg(test)]
@@ -703,12 +646,11 @@ pub(crate) mod tests {
             again: false,
         };
         assert_eq!(a.answers, Some(answer));
-        assert_eq!(answer.annotation(), "answers #3 in 1.000 ms");
         // A second host answering the same question: the duplicate's reply.
         let a = t.observe(&at(arp((A, A), 2, A, IP2, A, IP1), 2), 5);
         assert_eq!(
-            a.answers.map(|x| x.annotation()),
-            Some("also answers #3 in 2.000 ms".into())
+            a.answers.map(|x| (x.request_frame, x.response_ns, x.again)),
+            Some((3, 2 * MS, true))
         );
         // A reply to nobody's question.
         let a = t.observe(&at(arp((B, A), 2, B, IP5, A, IP1), 3), 6);
@@ -725,7 +667,7 @@ pub(crate) mod tests {
         assert_eq!(t.observe(&ask(0), 1).retry, 0);
         assert_eq!(t.observe(&ask(1000), 2).retry, 1);
         let a = t.observe(&ask(2000), 3);
-        assert_eq!(retry_annotation(a.retry), Some("retry 2, unanswered".into()));
+        assert_eq!(a.retry, 2);
         assert!(t.expire(BOOT_NS + 2000 * MS + GIVE_UP_NS).is_empty(), "not yet");
         let gone = t.expire(BOOT_NS + 2001 * MS + GIVE_UP_NS);
         let want = Unanswered {
@@ -738,7 +680,6 @@ pub(crate) mod tests {
             last_frame: 3,
         };
         assert_eq!(gone, vec![want]);
-        assert_eq!(want.annotation(), "unanswered after 3 tries");
         assert!(t.expire(u64::MAX).is_empty(), "reported once");
         // Asked again much later: a new question, the old one (if still pending) given up first.
         assert_eq!(t.observe(&ask(10_000), 4).retry, 0);
@@ -748,10 +689,6 @@ pub(crate) mod tests {
         assert_eq!(gone[1].ts_ns, BOOT_NS + 20_500 * MS, "at exit: given up now");
         let c = t.counts();
         assert_eq!((c.requests, c.retries, c.unanswered, c.answered), (5, 2, 3, 0));
-        assert!(
-            t.summary_text()
-                .contains("5 requests (0 answered, 3 unanswered, 2 retries")
-        );
     }
 
     #[test]
@@ -804,7 +741,6 @@ pub(crate) mod tests {
                 reply_frame: 2
             }
         );
-        assert_eq!(w.annotation(), "waited 1.000 ms for ARP 192.168.1.2");
         assert_eq!(t.resolution_wait(&syn(1, IP5)), None, "another destination");
         assert_eq!(t.resolution_wait(&syn(100, IP2)), None, "long after the reply");
         let mut synack = syn(1, IP2);

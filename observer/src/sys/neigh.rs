@@ -105,16 +105,6 @@ impl NeighChange {
             _ => self.state.name(),
         }
     }
-
-    /// The annotation on the ARP line of the reply that caused it: `neigh 10.1.0.2 INCOMPLETE→REACHABLE aa:..`.
-    pub fn annotation(&self) -> String {
-        let mut s = format!("neigh {} {}", self.ip, self.state_text());
-        if let Some(mac) = self.lladdr {
-            s.push(' ');
-            s.push_str(&crate::view::render::fmt_mac(&mac));
-        }
-        s
-    }
 }
 
 /// An entry's state and link-layer address, as last reported.
@@ -329,12 +319,8 @@ mod tests {
         assert_eq!(t.len(), 1);
         let c = t.apply(&msg(NeighState::REACHABLE, Some(MAC), false), 7).unwrap();
         assert_eq!(
-            (c.ts_ns, c.state_text(), c.annotation()),
-            (
-                7,
-                "INCOMPLETE→REACHABLE".to_owned(),
-                "neigh 10.0.0.2 INCOMPLETE→REACHABLE 02:bb:00:00:00:02".to_owned()
-            )
+            (c.ts_ns, c.state_text(), c.lladdr),
+            (7, "INCOMPLETE→REACHABLE".to_owned(), Some(MAC))
         );
         assert_eq!(t.apply(&msg(NeighState::REACHABLE, Some(MAC), false), 8), None);
         let c = t.apply(&msg(NeighState::STALE, Some(MAC), true), 9).unwrap();

@@ -25,13 +25,14 @@ use serde::Serialize;
 use observer_common::record::{OPT_UNKNOWN, TCP_ACK};
 
 use crate::model::analyzer::{Arp, Item, Segment};
-use crate::model::arp::{Answer, ArpAnalysis, ArpKind, Unanswered, retry_annotation};
+use crate::model::arp::{Answer, ArpAnalysis, ArpKind, Unanswered};
 use crate::model::events::{tcp_dst, tcp_src};
 use crate::model::flows::{MAX_WINDOW_SHIFT, TcpAnalysis, WindowScaling};
 use crate::model::fold::Folded;
 use crate::model::link::{KernelNote, ListenerView, SocketLink, StateChange};
 use crate::sys::neigh::NeighChange;
 use crate::sys::sockets::process::Owner;
+use crate::view::notes;
 
 /// TCP option kind of the MD5 signature, which tshark names without a value.
 const OPTKIND_MD5: u8 = 19;
@@ -328,7 +329,7 @@ pub fn packet_comment_of(item: &Item<'_>) -> Option<String> {
     match item {
         Item::Segment(s) => {
             let mut notes = tcp_annotations(s.analysis);
-            notes.extend(s.wait.map(|w| w.annotation()));
+            notes.extend(s.wait.as_ref().map(notes::resolution_wait));
             let side = s.link.map(SocketLink::text).filter(|t| !t.is_empty());
             packet_comment(&notes, side.as_deref())
         }
@@ -623,9 +624,9 @@ pub fn arp_line(clock: &Clock, iface: &str, rec: &ArpRecord, a: &ArpAnalysis) ->
 /// Observer's analysis of an ARP packet, in line order: the request answered, the retry, the neighbour entry.
 pub fn arp_annotations(a: &ArpAnalysis) -> Vec<String> {
     let mut out = Vec::new();
-    out.extend(a.answers.map(|x| x.annotation()));
-    out.extend(retry_annotation(a.retry));
-    out.extend(a.neigh.map(|n| n.annotation()));
+    out.extend(a.answers.as_ref().map(notes::answer));
+    out.extend(notes::retry(a.retry));
+    out.extend(a.neigh.as_ref().map(notes::neigh));
     out
 }
 
@@ -911,7 +912,7 @@ impl Renderer {
             }
         } else {
             let mut notes = tcp_annotations(a);
-            notes.extend(s.wait.map(|w| w.annotation()));
+            notes.extend(s.wait.as_ref().map(notes::resolution_wait));
             write_tcp_head(out, &self.clock, &iface, rec, a);
             write_annotations(out, &notes);
             if let Some(t) = s.link.map(SocketLink::text).filter(|t| !t.is_empty()) {
@@ -948,7 +949,7 @@ impl Renderer {
             "Who has {}? Tell {} · {}, #{} to #{}",
             u.target_ip,
             u.sender_ip,
-            u.annotation(),
+            notes::unanswered(u),
             u.first_frame,
             u.last_frame
         );
@@ -1456,8 +1457,7 @@ mod tests {
             ["22:13:20.124456 arp eth0 Who has 192.168.1.9? Tell 192.168.1.1 · unanswered after 1 try, #4 to #4"]
         );
         assert!(
-            text.arp_tracker()
-                .summary_text()
+            crate::view::summary::arp(&text.arp_tracker().counts())
                 .starts_with("arp: 3 requests (1 answered, 1 unanswered, 1 retries")
         );
     }

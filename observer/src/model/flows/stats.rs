@@ -1,7 +1,5 @@
 //! Counters for the exit summary: connections, handshake RTTs, retransmissions, expert flags by kind.
 
-use std::fmt::Write as _;
-
 use super::expert::{Expert, ExpertFlag};
 use super::timeline::{HandshakeOutcome, HandshakeReport, TeardownKind, TeardownReport};
 
@@ -28,7 +26,8 @@ pub struct FlowStats {
     /// Flows forgotten after the close linger or the idle time.
     pub expired: u64,
     rtt_us: Vec<u32>,
-    rtt_seen: u64,
+    /// Handshake RTTs taken (more than the reservoir keeps).
+    pub rtt_seen: u64,
     rng: u64,
 }
 
@@ -59,7 +58,7 @@ impl FlowStats {
         }
     }
 
-    fn add_rtt(&mut self, us: u32) {
+    pub(crate) fn add_rtt(&mut self, us: u32) {
         self.rtt_seen += 1;
         if self.rtt_us.len() < MAX_RTT_SAMPLES {
             self.rtt_us.push(us);
@@ -102,54 +101,6 @@ impl FlowStats {
         let rank = (usize::try_from(p.min(100)).unwrap_or(100) * n).div_ceil(100).max(1);
         v.get(rank - 1).copied()
     }
-
-    /// A few lines for the agent's exit report.
-    pub fn summary_text(&self) -> String {
-        let mut s = format!(
-            "connections: {} opened, {} closed ({} FIN, {} RST); handshakes {} reset, {} never completed\n",
-            self.opened,
-            self.closed_fin + self.closed_rst,
-            self.closed_fin,
-            self.closed_rst,
-            self.handshakes_reset,
-            self.handshakes_incomplete
-        );
-        match [50, 90, 99, 100].map(|p| self.rtt_percentile_us(p)) {
-            [Some(p50), Some(p90), Some(p99), Some(max)] => {
-                let _ = writeln!(
-                    s,
-                    "handshake RTT: p50 {} p90 {} p99 {} max {} ({} completed)",
-                    us(p50),
-                    us(p90),
-                    us(p99),
-                    us(max),
-                    self.rtt_seen
-                );
-            }
-            _ => s.push_str("handshake RTT: no completed handshake\n"),
-        }
-        let _ = writeln!(s, "retransmissions: {}", self.retransmissions());
-        let flags: Vec<String> = ExpertFlag::ALL
-            .iter()
-            .filter(|f| self.flag_count(**f) > 0)
-            .map(|f| format!("{} {}", f.text().trim_start_matches("TCP "), self.flag_count(*f)))
-            .collect();
-        let _ = writeln!(
-            s,
-            "expert flags: {}",
-            if flags.is_empty() {
-                "none".to_owned()
-            } else {
-                flags.join(", ")
-            }
-        );
-        let _ = writeln!(s, "flows: {} evicted, {} expired", self.evicted, self.expired);
-        s
-    }
-}
-
-fn us(us: u32) -> String {
-    crate::view::render::fmt_ms(u64::from(us) * 1_000)
 }
 
 #[cfg(test)]
@@ -177,25 +128,5 @@ mod tests {
         }
         assert_eq!(s.rtt_us.len(), MAX_RTT_SAMPLES);
         assert_eq!(s.rtt_seen, MAX_RTT_SAMPLES as u64 + 1000);
-    }
-
-    #[test]
-    fn summary_lines() {
-        let mut s = FlowStats::default();
-        s.add_rtt(120);
-        s.opened = 1;
-        s.closed_fin = 1;
-        s.flags[ExpertFlag::Retransmission as usize] = 2;
-        s.flags[ExpertFlag::DupAck as usize] = 3;
-        s.evicted = 4;
-        let text = s.summary_text();
-        assert_eq!(
-            text,
-            "connections: 1 opened, 1 closed (1 FIN, 0 RST); handshakes 0 reset, 0 never completed\n\
-             handshake RTT: p50 0.120 ms p90 0.120 ms p99 0.120 ms max 0.120 ms (1 completed)\n\
-             retransmissions: 2\n\
-             expert flags: Dup ACK 3, Retransmission 2\n\
-             flows: 4 evicted, 0 expired\n"
-        );
     }
 }
