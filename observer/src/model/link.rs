@@ -93,12 +93,32 @@ pub struct KernelNote {
     pub ts_ns: u64,
     /// The socket's tuple, when known.
     pub tuple: Option<Tuple>,
-    /// The event's JSON name (`synack_retransmit`, `reset_sent` ...).
-    pub event: String,
-    /// What happened, as printed (`SYN-ACK retransmitted`, `RST sent (reason)` ...).
-    pub what: String,
+    /// What happened.
+    pub kind: NoteKind,
+    /// The socket's state at the event, when the kernel gave it (not for SYN-ACK retransmits and full receive
+    /// queues, which happen in one state).
+    pub state: Option<TcpState>,
+    /// The kernel's reason name, for a reset sent or a drop (`NOT_SPECIFIED`, `TCP_INVALID_SEQUENCE` ...).
+    pub reason: Option<String>,
     /// The listener's queues at that moment, for events on a listener.
     pub listener: Option<ListenerView>,
+}
+
+/// The kind of a [`KernelNote`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoteKind {
+    /// A listener's request sock sent its SYN-ACK again.
+    SynackRetransmit,
+    /// A segment was retransmitted.
+    Retransmit,
+    /// The socket sent a RST.
+    ResetSent,
+    /// The socket received a RST.
+    ResetReceived,
+    /// The receive queue was full and a segment dropped.
+    RcvqFull,
+    /// The kernel dropped a segment for a reason.
+    Drop,
 }
 
 /// What the linker is fed, in ring-buffer order.
@@ -129,8 +149,7 @@ impl Input {
             limit: Some(q.accept_limit),
         });
         let reason = || reason_name(r.event, r.reason);
-        let in_state = || e.state.map(|s| format!(" in {}", s.name())).unwrap_or_default();
-        let (event, what) = match e.kind {
+        let (kind, state, reason) = match e.kind {
             SockEventKind::State => {
                 return Some(Input::State(StateChange {
                     ts_ns: e.ts_ns,
@@ -140,20 +159,26 @@ impl Input {
                 }));
             }
             SockEventKind::Destroy => return Some(Input::Destroyed(tuple?)),
-            SockEventKind::RetransmitSynack => ("synack_retransmit", "SYN-ACK retransmitted".to_owned()),
-            SockEventKind::RetransmitSkb => ("retransmit", format!("segment retransmitted{}", in_state())),
-            SockEventKind::SendReset => ("reset_sent", format!("RST sent{} ({})", in_state(), reason())),
-            SockEventKind::ReceiveReset => ("reset_received", format!("RST received{}", in_state())),
-            SockEventKind::RcvqFull => ("rcvq_full", "receive queue full, segment dropped".to_owned()),
-            // QUEUE_PURGE is a closing socket freeing what it had queued, not a segment lost on its way.
-            SockEventKind::Drop if reason() == "QUEUE_PURGE" => return None,
-            SockEventKind::Drop => ("drop", format!("segment dropped{} ({})", in_state(), reason())),
+            SockEventKind::RetransmitSynack => (NoteKind::SynackRetransmit, None, None),
+            SockEventKind::RetransmitSkb => (NoteKind::Retransmit, e.state, None),
+            SockEventKind::SendReset => (NoteKind::ResetSent, e.state, Some(reason())),
+            SockEventKind::ReceiveReset => (NoteKind::ResetReceived, e.state, None),
+            SockEventKind::RcvqFull => (NoteKind::RcvqFull, None, None),
+            SockEventKind::Drop => {
+                let reason = reason();
+                // QUEUE_PURGE is a closing socket freeing what it had queued, not a segment lost on its way.
+                if reason == "QUEUE_PURGE" {
+                    return None;
+                }
+                (NoteKind::Drop, e.state, Some(reason))
+            }
         };
         Some(Input::Note(KernelNote {
             ts_ns: e.ts_ns,
             tuple,
-            event: event.to_owned(),
-            what,
+            kind,
+            state,
+            reason,
             listener,
         }))
     }
@@ -223,35 +248,6 @@ pub struct SocketLink {
     pub fate: Option<Fate>,
     /// The process owning the socket (or the listener).
     pub owner: Option<Owner>,
-}
-
-impl SocketLink {
-    /// The text after `⇒` (empty when nothing is known).
-    pub fn text(&self) -> String {
-        let mut parts: Vec<String> = Vec::new();
-        if let Some(l) = &self.listener {
-            let limit = l.limit.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
-            parts.push(format!("LISTEN {} synq {} accept {}/{limit}", l.addr, l.synq, l.accept));
-        }
-        if !self.transitions.is_empty() {
-            let mut chain = vec![self.transitions[0].0.name()];
-            chain.extend(self.transitions.iter().map(|t| t.1.name()));
-            parts.push(chain.join("→"));
-        } else if self.listener.is_none()
-            && let Some(s) = self.state
-        {
-            parts.push(s.name().to_owned());
-        }
-        if let Some(o) = &self.owner {
-            parts.push(format!("{}({})", o.comm, o.pid));
-        }
-        match self.fate {
-            Some(Fate::Dropped(r)) => parts.push(format!("DROPPED: {}", r.text())),
-            Some(Fate::Syncookie) => parts.push("answered with a syncookie (SyncookiesSent +1)".into()),
-            _ => {}
-        }
-        parts.join(" ")
-    }
 }
 
 /// What the linker hands back, in order, once an item's hold has passed.
@@ -1078,9 +1074,9 @@ mod tests {
     fn links(out: &[Output]) -> Vec<String> {
         out.iter()
             .map(|o| match o {
-                Output::Segment(_, l, _) => l.as_ref().map(SocketLink::text).unwrap_or_default(),
+                Output::Segment(_, l, _) => l.as_ref().map(crate::view::render::socket_side).unwrap_or_default(),
                 Output::State(s, _) => format!("state {}→{}", s.old.name(), s.new.name()),
-                Output::Note(n) => n.what.clone(),
+                Output::Note(n) => crate::view::render::note_text(n),
                 Output::Arp(..) => "arp".into(),
             })
             .collect()

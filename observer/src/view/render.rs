@@ -29,7 +29,7 @@ use crate::model::arp::{Answer, ArpAnalysis, ArpKind, Unanswered};
 use crate::model::events::{tcp_dst, tcp_src};
 use crate::model::flows::{MAX_WINDOW_SHIFT, TcpAnalysis, WindowScaling};
 use crate::model::fold::Folded;
-use crate::model::link::{KernelNote, ListenerView, SocketLink, StateChange};
+use crate::model::link::{Fate, KernelNote, ListenerView, NoteKind, SocketLink, StateChange};
 use crate::sys::neigh::NeighChange;
 use crate::sys::sockets::process::Owner;
 use crate::view::notes;
@@ -323,6 +323,65 @@ pub fn tcp_annotations(a: &TcpAnalysis) -> Vec<String> {
     out
 }
 
+/// A segment's socket side, the text after `⇒` (empty when nothing is known):
+/// `LISTEN 10.0.0.1:80 synq 1 accept 0/128 nginx(42) DROPPED: ...` or `SYN_RECV→ESTABLISHED curl(7)`.
+pub fn socket_side(link: &SocketLink) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(l) = &link.listener {
+        parts.push(listener_text(l));
+    }
+    if let Some(first) = link.transitions.first() {
+        let mut chain = vec![first.0.name()];
+        chain.extend(link.transitions.iter().map(|t| t.1.name()));
+        parts.push(chain.join("→"));
+    } else if link.listener.is_none()
+        && let Some(s) = link.state
+    {
+        parts.push(s.name().to_owned());
+    }
+    if let Some(o) = &link.owner {
+        parts.push(format!("{}({})", o.comm, o.pid));
+    }
+    match link.fate {
+        Some(Fate::Dropped(r)) => parts.push(format!("DROPPED: {}", r.text())),
+        Some(Fate::Syncookie) => parts.push("answered with a syncookie (SyncookiesSent +1)".into()),
+        _ => {}
+    }
+    parts.join(" ")
+}
+
+/// `LISTEN <addr> synq <n> accept <n>/<limit or ?>`.
+fn listener_text(l: &ListenerView) -> String {
+    let limit = l.limit.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+    format!("LISTEN {} synq {} accept {}/{limit}", l.addr, l.synq, l.accept)
+}
+
+/// A kernel note's JSON `event`.
+pub fn note_event(kind: NoteKind) -> &'static str {
+    match kind {
+        NoteKind::SynackRetransmit => "synack_retransmit",
+        NoteKind::Retransmit => "retransmit",
+        NoteKind::ResetSent => "reset_sent",
+        NoteKind::ResetReceived => "reset_received",
+        NoteKind::RcvqFull => "rcvq_full",
+        NoteKind::Drop => "drop",
+    }
+}
+
+/// What a kernel note says happened: `segment retransmitted in ESTABLISHED`, `RST sent in SYN_SENT (reason)` ...
+pub fn note_text(note: &KernelNote) -> String {
+    let in_state = note.state.map(|s| format!(" in {}", s.name())).unwrap_or_default();
+    let reason = note.reason.as_deref().unwrap_or("?");
+    match note.kind {
+        NoteKind::SynackRetransmit => "SYN-ACK retransmitted".to_owned(),
+        NoteKind::Retransmit => format!("segment retransmitted{in_state}"),
+        NoteKind::ResetSent => format!("RST sent{in_state} ({reason})"),
+        NoteKind::ResetReceived => format!("RST received{in_state}"),
+        NoteKind::RcvqFull => "receive queue full, segment dropped".to_owned(),
+        NoteKind::Drop => format!("segment dropped{in_state} ({reason})"),
+    }
+}
+
 /// A wire item's comment in the pcapng file: its annotations and socket side as the text line shows them
 /// (`fills hole 1-2 ⇒ ESTABLISHED curl(42)`); `None` when there is neither, or when the item is no packet.
 pub fn packet_comment_of(item: &Item<'_>) -> Option<String> {
@@ -330,7 +389,7 @@ pub fn packet_comment_of(item: &Item<'_>) -> Option<String> {
         Item::Segment(s) => {
             let mut notes = tcp_annotations(s.analysis);
             notes.extend(s.wait.as_ref().map(notes::resolution_wait));
-            let side = s.link.map(SocketLink::text).filter(|t| !t.is_empty());
+            let side = s.link.map(socket_side).filter(|t| !t.is_empty());
             packet_comment(&notes, side.as_deref())
         }
         Item::Arp(a) => packet_comment(&arp_annotations(a.analysis), None),
@@ -915,7 +974,7 @@ impl Renderer {
             notes.extend(s.wait.as_ref().map(notes::resolution_wait));
             write_tcp_head(out, &self.clock, &iface, rec, a);
             write_annotations(out, &notes);
-            if let Some(t) = s.link.map(SocketLink::text).filter(|t| !t.is_empty()) {
+            if let Some(t) = s.link.map(socket_side).filter(|t| !t.is_empty()) {
                 out.push_str(" ⇒ ");
                 out.push_str(&t);
             }
@@ -1039,12 +1098,12 @@ impl Renderer {
     fn note(&self, note: &KernelNote) -> String {
         let j = KernelJson {
             head: LineHead::new(&self.clock, note.ts_ns, "kernel"),
-            event: &note.event,
+            event: note_event(note.kind),
             local: note.tuple.map(|t| t.local.to_string()),
             remote: note.tuple.map(|t| t.remote.to_string()),
             old: None,
             new: None,
-            summary: note.what.clone(),
+            summary: note_text(note),
             process: None,
             listener: note.listener.as_ref(),
         };
@@ -1064,11 +1123,7 @@ impl Renderer {
             let _ = write!(line, " {}({})", o.comm, o.pid);
         }
         if let Some(l) = j.listener {
-            let link = SocketLink {
-                listener: Some(l.clone()),
-                ..SocketLink::default()
-            };
-            let _ = write!(line, " ⇒ {}", link.text());
+            let _ = write!(line, " ⇒ {}", listener_text(l));
         }
         line
     }
@@ -1609,6 +1664,60 @@ mod tests {
 
     fn keys(v: &serde_json::Value) -> std::collections::BTreeSet<String> {
         v.as_object().expect("an object").keys().cloned().collect()
+    }
+
+    #[test]
+    fn kernel_notes_name_their_event_state_and_reason() {
+        use crate::sys::sockets::TcpState;
+        let note = |kind, state, reason: Option<&str>| KernelNote {
+            ts_ns: 0,
+            tuple: None,
+            kind,
+            state,
+            reason: reason.map(str::to_owned),
+            listener: None,
+        };
+        let est = Some(TcpState::Established);
+        let cases = [
+            (
+                note(NoteKind::SynackRetransmit, None, None),
+                "synack_retransmit",
+                "SYN-ACK retransmitted",
+            ),
+            (
+                note(NoteKind::Retransmit, est, None),
+                "retransmit",
+                "segment retransmitted in ESTABLISHED",
+            ),
+            (
+                note(NoteKind::Retransmit, None, None),
+                "retransmit",
+                "segment retransmitted",
+            ),
+            (
+                note(NoteKind::ResetSent, est, Some("NOT_SPECIFIED")),
+                "reset_sent",
+                "RST sent in ESTABLISHED (NOT_SPECIFIED)",
+            ),
+            (
+                note(NoteKind::ResetReceived, est, None),
+                "reset_received",
+                "RST received in ESTABLISHED",
+            ),
+            (
+                note(NoteKind::RcvqFull, None, None),
+                "rcvq_full",
+                "receive queue full, segment dropped",
+            ),
+            (
+                note(NoteKind::Drop, est, Some("TCP_INVALID_SEQUENCE")),
+                "drop",
+                "segment dropped in ESTABLISHED (TCP_INVALID_SEQUENCE)",
+            ),
+        ];
+        for (n, event, text) in cases {
+            assert_eq!((note_event(n.kind), note_text(&n).as_str()), (event, text));
+        }
     }
 
     #[test]
