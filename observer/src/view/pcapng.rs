@@ -125,6 +125,8 @@ pub struct PcapngWriter<W: Write = BufWriter<File>> {
     writer: PcapNgWriter<Counted<W>>,
     /// Bytes known to be whole blocks in the file: what the last successful flush wrote.
     flushed: u64,
+    /// Where each block handed in since that flush ends: a full disk keeps the whole ones the file took.
+    ends: Vec<u64>,
     clock: Clock,
     /// Interface id in the file by ifindex.
     interfaces: HashMap<u32, u32>,
@@ -142,13 +144,15 @@ impl PcapngWriter {
         Self::new(BufWriter::new(file), path, clock)
     }
 
-    /// Gives up the file after a write error, cutting it back to the blocks the last successful flush wrote (a
-    /// full disk can leave half a block at the end), so that what was written so far stays readable.
+    /// Gives up the file after a write error, cutting it back to the last whole block the file took (a full disk
+    /// can leave half a block at the end), so that what was written so far stays readable.
     pub fn abandon(self) -> io::Result<()> {
-        let flushed = self.flushed;
+        let (flushed, ends) = (self.flushed, self.ends);
         // The buffered bytes are dropped unwritten.
         let (file, _) = self.writer.into_inner().inner.into_parts();
-        file.set_len(flushed)
+        let taken = file.metadata()?.len();
+        let whole = ends.iter().rev().find(|&&end| end <= taken).copied();
+        file.set_len(whole.unwrap_or(flushed).min(taken))
     }
 }
 
@@ -171,10 +175,13 @@ impl<W: Write> PcapngWriter<W> {
             section,
         )
         .map_err(|e| write_error(path, e))?;
+        let section_end = writer.get_ref().taken;
         Ok(PcapngWriter {
             path: path.to_owned(),
             writer,
             flushed: 0,
+            // The section header is a whole block too.
+            ends: vec![section_end],
             clock,
             interfaces: HashMap::new(),
             names: HashMap::new(),
@@ -213,6 +220,7 @@ impl<W: Write> PcapngWriter<W> {
         self.writer
             .write_pcapng_block(block)
             .map_err(|e| write_error(&self.path, e))?;
+        self.ends.push(self.writer.get_ref().taken);
         Ok(())
     }
 
@@ -224,6 +232,7 @@ impl<W: Write> PcapngWriter<W> {
             source,
         })?;
         self.flushed = counted.taken;
+        self.ends.clear();
         Ok(())
     }
 
@@ -249,6 +258,7 @@ impl<W: Write> PcapngWriter<W> {
         self.writer
             .write_pcapng_block(idb)
             .map_err(|e| write_error(&self.path, e))?;
+        self.ends.push(self.writer.get_ref().taken);
         let id = self.interfaces.len() as u32;
         self.interfaces.insert(ifindex, id);
         Ok(id)
@@ -445,6 +455,36 @@ mod tests {
             blocks += 1;
         }
         assert_eq!(blocks, 2, "the interface's block and one packet");
+    }
+
+    /// Blocks the buffer spilled into the file since the last flush are kept, cut at the last whole one.
+    #[test]
+    fn an_abandoned_file_keeps_the_whole_blocks_the_file_took() {
+        let path = std::env::temp_dir().join(format!("observer-spill-{}.pcapng", std::process::id()));
+        let mut w = PcapngWriter::create(&path, Clock::utc_with_offset(WALL)).unwrap();
+        let h = header(1_000, DIR_EGRESS, 60);
+        let frame = [0u8; 54];
+        let packet = Packet {
+            header: &h,
+            bytes: &frame,
+            comment: None,
+        };
+        for _ in 0..300 {
+            w.write(&packet).unwrap();
+        }
+        let spilled = std::fs::metadata(&path).unwrap().len();
+        w.abandon().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(spilled > 0, "the buffer spilled into the file");
+        assert!(bytes.len() as u64 <= spilled && bytes.len() as u64 + 200 > spilled);
+        let mut r = PcapNgReader::new(&bytes[..]).unwrap();
+        let mut blocks = 0;
+        while let Some(block) = r.next_block() {
+            block.unwrap();
+            blocks += 1;
+        }
+        assert!(blocks > 50, "{blocks} blocks");
     }
 
     #[test]
