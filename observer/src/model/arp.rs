@@ -6,12 +6,13 @@
 //! target binding is checked the same way unless the sender check already flagged that IP. A binding conflicts when
 //! the IP was first seen with another MAC; the table keeps that first MAC. The Info note reflects the last check.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 
 use observer_common::record::{ARP_REPLY, ARP_REQUEST, ArpRecord, DIR_EGRESS, TCP_ACK, TCP_SYN, TcpRecord};
 use serde::Serialize;
 
+use crate::model::FastMap;
 use crate::sys::neigh::NeighChange;
 
 /// Default cap on the IP addresses the ARP state remembers.
@@ -112,7 +113,7 @@ pub struct ArpAnalysis {
 /// Remembers the first MAC seen for each IP (bounded, oldest forgotten first) to flag duplicates.
 #[derive(Debug)]
 pub struct ArpState {
-    macs: HashMap<[u8; 4], [u8; 6]>,
+    macs: FastMap<[u8; 4], [u8; 6]>,
     order: VecDeque<[u8; 4]>,
     max_entries: usize,
 }
@@ -127,7 +128,7 @@ impl ArpState {
     /// A state remembering at most `max_entries` addresses (at least one).
     pub fn new(max_entries: usize) -> Self {
         ArpState {
-            macs: HashMap::new(),
+            macs: FastMap::default(),
             order: VecDeque::new(),
             max_entries: max_entries.max(1),
         }
@@ -292,7 +293,7 @@ struct Resolution {
 #[derive(Debug)]
 pub struct ArpTracker {
     wireshark: ArpState,
-    pending: HashMap<Question, Pending>,
+    pending: FastMap<Question, Pending>,
     max_pending: usize,
     given_up: Vec<Unanswered>,
     resolved: VecDeque<Resolution>,
@@ -320,7 +321,7 @@ impl ArpTracker {
     pub fn new(max_entries: usize, max_pending: usize) -> Self {
         ArpTracker {
             wireshark: ArpState::new(max_entries),
-            pending: HashMap::new(),
+            pending: FastMap::default(),
             max_pending: max_pending.max(1),
             given_up: Vec::new(),
             resolved: VecDeque::new(),

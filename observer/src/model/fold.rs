@@ -2,10 +2,11 @@
 //! folded since the previous reading. Entries that did not grow are handed back for removal, so the kernel's
 //! table holds only flows being folded now.
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::net::SocketAddr;
 
 use observer_common::{control::FlowKey, fold::FoldedFlow};
 
+use crate::model::FastMap;
 use crate::model::events::ip_of;
 
 /// What was folded of one flow between two readings.
@@ -29,7 +30,7 @@ pub struct Folded {
 /// Turns successive readings of the kernel's table into [`Folded`] items.
 #[derive(Debug, Default)]
 pub struct FoldTracker {
-    last: HashMap<FlowKey, FoldedFlow>,
+    last: FastMap<FlowKey, FoldedFlow>,
     /// Segments reported in items so far.
     pub reported: u64,
     /// Items produced so far.
@@ -43,7 +44,7 @@ impl FoldTracker {
     pub fn update(&mut self, reading: Vec<(FlowKey, FoldedFlow)>) -> (Vec<Folded>, Vec<FlowKey>) {
         let mut items = Vec::new();
         let mut idle = Vec::new();
-        let mut next = HashMap::with_capacity(reading.len());
+        let mut next = FastMap::with_capacity_and_hasher(reading.len(), Default::default());
         for (key, now) in reading {
             let before = self.last.get(&key).copied().unwrap_or_default();
             if now.packets <= before.packets {

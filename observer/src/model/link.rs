@@ -7,10 +7,7 @@
 //! TC saw it, so the state changes it causes follow it; the state change behind an egress segment (connect,
 //! close) precedes it. A SYN without a SYN-ACK within the hold was dropped; which counter rose tells why.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    net::SocketAddr,
-};
+use std::{collections::VecDeque, net::SocketAddr};
 
 use observer_common::{
     ArpRecord, TcpRecord,
@@ -19,6 +16,7 @@ use observer_common::{
 };
 use serde::Serialize;
 
+use crate::model::FastMap;
 use crate::{
     model::events::{tcp_dst, tcp_src},
     sys::sockets::{Socket, TcpState, canonical, listener_for, process::Owner, tcpext::TcpExt},
@@ -375,32 +373,32 @@ pub struct Linker<K: Kernel> {
     queue: VecDeque<Entry>,
     next_id: u64,
     /// Egress SYN-ACKs in the queue, by the local socket's tuple: their timestamps.
-    synacks: HashMap<Tuple, Vec<u64>>,
+    synacks: FastMap<Tuple, Vec<u64>>,
     /// State changes in the queue, by tuple: (entry id, ts).
-    states: HashMap<Tuple, Vec<(u64, u64)>>,
+    states: FastMap<Tuple, Vec<(u64, u64)>>,
     /// Transitions claimed by an egress segment still in the queue: by that segment's entry id.
-    attached: HashMap<u64, Vec<(TcpState, TcpState)>>,
-    conns: HashMap<Tuple, Conn>,
-    handshakes: HashMap<Tuple, Handshake>,
+    attached: FastMap<u64, Vec<(TcpState, TcpState)>>,
+    conns: FastMap<Tuple, Conn>,
+    handshakes: FastMap<Tuple, Handshake>,
     listeners: Vec<Socket>,
     listeners_fresh: bool,
     /// Listener queues read since the last flush, by listening address.
-    views: HashMap<SocketAddr, ListenerView>,
+    views: FastMap<SocketAddr, ListenerView>,
     /// Listener queues read when a segment to a listener arrived, by its entry id.
-    seen_views: HashMap<u64, ListenerView>,
+    seen_views: FastMap<u64, ListenerView>,
     last_tcpext: Option<TcpExt>,
     budget: Budget,
     /// Children cloned from a listener whose LISTEN→SYN_RECV change came before their own addresses (see
     /// [`Linker::push`]), oldest first.
     clones: VecDeque<StateChange>,
     /// Dropped segments labelled per reason, for the exit report and tests.
-    pub drops: HashMap<&'static str, u64>,
+    pub drops: FastMap<&'static str, u64>,
 }
 
 impl<K: Kernel> Linker<K> {
     /// A linker over `kernel`, seeded with the current table (`sockets`), holding items `hold_ns`.
     pub fn new(mut kernel: K, sockets: &[Socket], hold_ns: u64) -> Self {
-        let mut conns = HashMap::new();
+        let mut conns = FastMap::default();
         let mut listeners = Vec::new();
         for s in sockets {
             match s.state.normalized() {
@@ -419,19 +417,19 @@ impl<K: Kernel> Linker<K> {
             hold_ns,
             queue: VecDeque::new(),
             next_id: 0,
-            synacks: HashMap::new(),
-            states: HashMap::new(),
-            attached: HashMap::new(),
+            synacks: FastMap::default(),
+            states: FastMap::default(),
+            attached: FastMap::default(),
             conns,
-            handshakes: HashMap::new(),
+            handshakes: FastMap::default(),
             listeners,
             listeners_fresh: false,
-            views: HashMap::new(),
-            seen_views: HashMap::new(),
+            views: FastMap::default(),
+            seen_views: FastMap::default(),
             last_tcpext,
             budget: Budget::default(),
             clones: VecDeque::new(),
-            drops: HashMap::new(),
+            drops: FastMap::default(),
         }
     }
 

@@ -21,7 +21,7 @@ pub mod stats;
 pub mod timeline;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
 };
 
@@ -206,7 +206,7 @@ fn ends_of(key: &FlowKey) -> Ends {
 /// Tracks TCP flows, bounded by a flow cap (least recently seen evicted) and by forgetting closed flows.
 #[derive(Debug)]
 pub struct FlowTable {
-    flows: HashMap<FlowKey, Flow>,
+    flows: FastMap<FlowKey, Flow>,
     order: BTreeMap<u64, FlowKey>,
     next_tick: u64,
     max_flows: usize,
@@ -220,7 +220,7 @@ pub struct FlowTable {
     /// Reports of handshakes whose flow went away before they ended, until taken.
     abandoned: Vec<HandshakeReport>,
     /// Window scales learnt from tcp_info for connections whose handshake was not seen, by flow.
-    known_scales: HashMap<FlowKey, [Scale; 2]>,
+    known_scales: FastMap<FlowKey, [Scale; 2]>,
 }
 
 impl Default for FlowTable {
@@ -233,7 +233,7 @@ impl FlowTable {
     /// A table holding at most `max_flows` flows (at least one).
     pub fn new(max_flows: usize) -> Self {
         FlowTable {
-            flows: HashMap::new(),
+            flows: FastMap::default(),
             order: BTreeMap::new(),
             next_tick: 0,
             max_flows: max_flows.max(1),
@@ -245,7 +245,7 @@ impl FlowTable {
             last_frame: 0,
             stats: FlowStats::default(),
             abandoned: Vec::new(),
-            known_scales: HashMap::new(),
+            known_scales: FastMap::default(),
         }
     }
 
@@ -1275,3 +1275,4 @@ mod analysis_tests {
         assert_eq!(t.stats().handshakes_incomplete, CAP as u64);
     }
 }
+use crate::model::FastMap;
