@@ -164,7 +164,7 @@ impl Event {
 fn is_kernel_line(l: &str) -> bool {
     // A text packet line has its interface second; a given-up ARP request prints `arp` there instead.
     const TEXT: [&str; 4] = ["kernel", "analysis", "neigh", "arp"];
-    const JSON: [&str; 3] = ["kernel", "analysis", "neigh"];
+    const JSON: [&str; 5] = ["kernel", "analysis", "neigh", "folded", "summary"];
     let second = l.split(' ').nth(1).unwrap_or_default();
     TEXT.contains(&second) || JSON.iter().any(|k| l.contains(&format!("\"proto\":\"{k}\"")))
 }
@@ -215,6 +215,14 @@ fn assert_clean_exit(f: &Finished, iface: &str) {
         "{f:#?}"
     );
     assert!(!f.stderr.iter().any(|l| l.contains("panicked")), "{f:#?}");
+    if f.stdout.first().is_some_and(|l| l.starts_with('{')) {
+        // In JSON the last line accounts for the run.
+        let last: serde_json::Value =
+            serde_json::from_str(f.stdout.last().expect("a line")).expect("the last line is JSON");
+        assert_eq!(last["proto"], "summary", "{f:#?}");
+        assert_eq!(last["printed"], n as u64, "{last}");
+        assert_eq!(last["packet_ring"]["holds"], true, "{last}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

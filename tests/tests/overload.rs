@@ -149,15 +149,40 @@ fn reported(f: &Finished, prefix: &str) -> u64 {
         .unwrap_or_else(|| panic!("no `{prefix}N` in the report: {:#?}", f.stderr))
 }
 
-/// Each ring's identity line says it holds.
+/// Each ring's identity line says it holds, and the last JSON line, the summary, gives the same account: its
+/// outcomes add up to what was seen.
 fn assert_identities_hold(f: &Finished) {
-    for ring in ["packet ring: seen ", "socket ring: seen "] {
+    let summary = f
+        .stdout
+        .last()
+        .and_then(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["proto"] == "summary")
+        .unwrap_or_else(|| panic!("the last line is no summary: {:?}", f.stdout.last()));
+    for (ring, key) in [
+        ("packet ring: seen ", "packet_ring"),
+        ("socket ring: seen ", "socket_ring"),
+    ] {
         let line = f
             .stderr
             .iter()
             .find(|l| l.starts_with(ring))
             .unwrap_or_else(|| panic!("no `{ring}` line: {:#?}", f.stderr));
         assert!(line.ends_with("(holds)"), "{line}");
+        let account = summary[key]
+            .as_object()
+            .unwrap_or_else(|| panic!("no {key}: {summary}"));
+        let seen = account["seen"].as_u64().expect("seen");
+        let outcomes: u64 = account
+            .iter()
+            .filter(|(k, _)| !["seen", "holds"].contains(&k.as_str()))
+            .map(|(_, v)| v.as_u64().expect("a count"))
+            .sum();
+        assert_eq!(
+            (outcomes, account["holds"].as_bool()),
+            (seen, Some(true)),
+            "{key}: {summary}"
+        );
+        assert!(line.starts_with(&format!("{ring}{seen} = ")), "{line} vs {summary}");
     }
 }
 

@@ -20,6 +20,7 @@ use tokio::{
 use crate::{
     cli::{HookKind, WatchArgs},
     cmd::live::LiveKernel,
+    model::accounting::{Accounts, NOT_RECORDED, RingAccount},
     model::analyzer::{Analyzer, Due, Item},
     model::events::{self, Event},
     model::flows::FlowTable,
@@ -242,6 +243,23 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     printer.emit_items(open.iter().map(Item::Handshake));
     let due = printer.analyzer.finish_arp(boot_time_ns());
     printer.emit_items(due.iter().map(Due::item));
+    if args.json {
+        // The text form of the account is the exit report's, on stderr.
+        let accounts = Accounts {
+            ts_ns: boot_time_ns(),
+            packet: RingAccount::packets(&counters),
+            socket: linker.is_some().then(|| RingAccount::sockets(&counters)),
+            printed: printer.stats.events,
+            kernel_lines: printer.stats.kernel_lines,
+            undecodable: printer.stats.decode_errors,
+        };
+        // Past `--count` too: the account closes every run that can still write.
+        if printer.out_error.is_none() {
+            let written = printer.lines.item(&Item::Summary(&accounts));
+            printer.wrote(written);
+            printer.flush_out();
+        }
+    }
     printer.flush_out();
     printer.flush_pcap();
     if let Some(logger) = logger.as_mut() {
@@ -640,27 +658,6 @@ fn take(
     }
 }
 
-/// The packet outcomes that are neither a record, a fold, a loss nor malformed.
-const NOT_RECORDED: [Counter; 5] = [
-    Counter::Filtered,
-    Counter::ControlSuppressed,
-    Counter::NotTcpOrArp,
-    Counter::ArpUnsupported,
-    Counter::NonFirstFragment,
-];
-
-/// `<ring>: seen N = recorded A + ... (holds)`: every call of its programs ends in exactly one outcome.
-fn identity(ring: &str, seen: u64, parts: &[(&str, u64)]) -> String {
-    let sum: u64 = parts.iter().map(|(_, n)| n).sum();
-    let terms: Vec<String> = parts.iter().map(|(name, n)| format!("{name} {n}")).collect();
-    let verdict = if sum == seen {
-        "holds".to_owned()
-    } else {
-        format!("DOES NOT HOLD: the outcomes add up to {sum}")
-    };
-    format!("{ring}: seen {seen} = {} ({verdict})\n", terms.join(" + "))
-}
-
 /// The exit report: dropped records first, then the analysis (connections, handshake RTT, retransmissions,
 /// expert flags, ARP), then the capture's counters.
 fn report(
@@ -703,16 +700,8 @@ fn report(
         folded.reported,
         folded.items
     );
-    let seen = c.get(Counter::SeenTcIngress) + c.get(Counter::SeenTcEgress) + c.get(Counter::SeenXdp);
-    let not_recorded: u64 = NOT_RECORDED.iter().map(|k| c.get(*k)).sum();
-    let parts = [
-        ("recorded", c.get(Counter::Emitted)),
-        ("folded", c.get(Counter::Folded)),
-        ("lost", c.get(Counter::RingFull)),
-        ("not recorded", not_recorded),
-        ("malformed", c.malformed()),
-    ];
-    s += &identity("packet ring", seen, &parts);
+    s += &summary::identity("packet ring", &RingAccount::packets(c));
+    s.push('\n');
     if let Some(l) = linker {
         let seen: Vec<String> = Counter::ALL
             .iter()
@@ -728,19 +717,8 @@ fn report(
             host.kernel_lines,
             seen.join(", ")
         );
-        let sock_seen: u64 = Counter::ALL
-            .iter()
-            .filter(|k| k.name().starts_with("sock_seen"))
-            .map(|k| c.get(*k))
-            .sum();
-        let parts = [
-            ("recorded", c.get(Counter::SockEmitted)),
-            ("lost", c.get(Counter::SockRingFull)),
-            ("other netns", c.get(Counter::SockOtherNetns)),
-            ("not tcp", c.get(Counter::SockNotTcp)),
-            ("unreadable", c.get(Counter::SockUnreadable)),
-        ];
-        s += &identity("socket ring", sock_seen, &parts);
+        s += &summary::identity("socket ring", &RingAccount::sockets(c));
+        s.push('\n');
         let mut drops: Vec<String> = l.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
         drops.sort();
         s += &format!(

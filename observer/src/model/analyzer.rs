@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 
 use observer_common::record::{ArpRecord, DIR_EGRESS, TcpRecord};
 
+use crate::model::accounting::Accounts;
 use crate::model::arp::{ArpAnalysis, ArpTracker, ResolutionWait, Unanswered};
 use crate::model::flows::stats::FlowStats;
 use crate::model::flows::timeline::HandshakeReport;
@@ -55,6 +56,8 @@ pub enum Item<'a> {
     },
     /// A handshake that never completed (at exit).
     Handshake(&'a HandshakeReport),
+    /// The last item: what each ring saw and what became of it.
+    Summary(&'a Accounts),
 }
 
 /// A TCP segment's item.

@@ -1,5 +1,6 @@
 //! The analysis, pure and testable without root: decoded events, wire-to-socket linking, flows, ARP pairing.
 
+pub mod accounting;
 pub mod analyzer;
 pub mod arp;
 pub mod events;

@@ -32,7 +32,7 @@ use crate::model::fold::Folded;
 use crate::model::link::{Fate, KernelNote, ListenerView, NoteKind, SocketLink, StateChange};
 use crate::sys::neigh::NeighChange;
 use crate::sys::sockets::process::Owner;
-use crate::view::notes;
+use crate::view::{notes, summary};
 
 /// TCP option kind of the MD5 signature, which tshark names without a value.
 const OPTKIND_MD5: u8 = 19;
@@ -950,6 +950,8 @@ impl Renderer {
             Item::Unanswered(u) => out.push_str(&self.unanswered_line(u)),
             Item::Neigh { change, after } => out.push_str(&self.neigh_line(change, *after)),
             Item::Handshake(h) => out.push_str(&analysis::handshake(&self.clock, h, self.json)),
+            Item::Summary(a) if self.json => out.push_str(&summary::accounts_json(&self.clock, a).to_string()),
+            Item::Summary(a) => out.push_str(&summary::accounts_text(a)),
         }
     }
 
@@ -1645,6 +1647,17 @@ mod tests {
     }
 
     /// Field names documented in one of the README's JSON tables (the first column, `a`, `b` split).
+    /// The keys the README's summary table names for `ring`: each backquoted word of its meaning before `(`.
+    fn readme_ring_fields(ring: &str) -> std::collections::BTreeSet<String> {
+        let readme = include_str!("../../../README.md");
+        let row = readme
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{ring}` |")))
+            .expect("README documents the ring");
+        let meaning = row.split('|').nth(3).unwrap_or("");
+        meaning.split('`').skip(1).step_by(2).map(str::to_owned).collect()
+    }
+
     fn readme_fields(heading: &str) -> std::collections::BTreeSet<String> {
         let readme = include_str!("../../../README.md");
         let table = readme.split(heading).nth(1).expect("README has the JSON section");
@@ -1856,6 +1869,25 @@ mod tests {
             state: crate::sys::neigh::NeighState::FAILED,
             deleted: false,
         };
+        let accounts = crate::model::accounting::Accounts {
+            ts_ns: BOOT_NS,
+            packet: crate::model::accounting::RingAccount::packets(&Default::default()),
+            socket: Some(crate::model::accounting::RingAccount::sockets(&Default::default())),
+            printed: 0,
+            kernel_lines: 0,
+            undecodable: 0,
+        };
+        let summary: serde_json::Value = serde_json::from_str(&json.renderer.line(&Item::Summary(&accounts))).unwrap();
+        assert_eq!(
+            keys(&summary),
+            readme_fields("### Summary line"),
+            "summary keys vs the README"
+        );
+        for ring in ["packet_ring", "socket_ring"] {
+            let documented = readme_ring_fields(ring);
+            let ours: std::collections::BTreeSet<String> = summary[ring].as_object().unwrap().keys().cloned().collect();
+            assert_eq!(ours, documented, "{ring} keys vs the README");
+        }
         let neigh: serde_json::Value = serde_json::from_str(&json.renderer.neigh_line(&change, Some(1))).unwrap();
         assert_eq!(
             keys(&neigh),

@@ -2,10 +2,13 @@
 
 use std::fmt::Write as _;
 
+use serde_json::{Map, Value, json};
+
+use crate::model::accounting::{Accounts, RingAccount};
 use crate::model::arp::ArpCounts;
 use crate::model::flows::expert::ExpertFlag;
 use crate::model::flows::stats::FlowStats;
-use crate::view::render::fmt_ms;
+use crate::view::render::{Clock, LineHead, fmt_ms};
 
 /// A few lines about the flows.
 pub fn flows(s: &FlowStats) -> String {
@@ -67,6 +70,51 @@ pub fn arp(c: &ArpCounts) -> String {
         c.announcements,
         c.duplicates
     )
+}
+
+/// `<ring>: seen N = recorded A + ... (holds)`, or `(DOES NOT HOLD: ...)` when the outcomes do not add up.
+pub fn identity(ring: &str, a: &RingAccount) -> String {
+    let terms: Vec<String> = a.outcomes.iter().map(|(name, n)| format!("{name} {n}")).collect();
+    let verdict = if a.holds() {
+        "holds".to_owned()
+    } else {
+        format!("DOES NOT HOLD: the outcomes add up to {}", a.sum())
+    };
+    format!("{ring}: seen {} = {} ({verdict})", a.seen, terms.join(" + "))
+}
+
+/// The text of the summary item: one identity line per ring.
+pub fn accounts_text(a: &Accounts) -> String {
+    let mut lines = vec![identity("packet ring", &a.packet)];
+    lines.extend(a.socket.as_ref().map(|s| identity("socket ring", s)));
+    lines.join("\n")
+}
+
+/// The JSON object of the `summary` line (schema in the README).
+pub fn accounts_json(clock: &Clock, a: &Accounts) -> Value {
+    let ring = |r: &RingAccount| {
+        let mut m = Map::new();
+        m.insert("seen".into(), r.seen.into());
+        for (name, n) in &r.outcomes {
+            m.insert(name.replace(' ', "_"), (*n).into());
+        }
+        m.insert("holds".into(), r.holds().into());
+        Value::Object(m)
+    };
+    let mut v = json!({
+        "packet_ring": ring(&a.packet),
+        "socket_ring": a.socket.as_ref().map(ring),
+        "printed": a.printed,
+        "kernel_lines": a.kernel_lines,
+        "undecodable": a.undecodable,
+        "summary": accounts_text(a),
+    });
+    if let (Value::Object(m), Ok(Value::Object(head))) =
+        (&mut v, serde_json::to_value(LineHead::new(clock, a.ts_ns, "summary")))
+    {
+        m.extend(head);
+    }
+    v
 }
 
 fn us(us: u32) -> String {
