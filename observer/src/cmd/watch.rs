@@ -68,7 +68,7 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     // Opened before anything is attached, so a bad path costs nothing.
     let pcap = match &args.write {
         Some(path) => {
-            let mut w = PcapngWriter::create(path, clock)?;
+            let mut w = PcapngWriter::create(path, clock)?.with_lookup(preflight::interface_name);
             w.name_interface(ifindex, &iface);
             Some(w)
         }

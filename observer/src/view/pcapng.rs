@@ -132,6 +132,8 @@ pub struct PcapngWriter<W: Write = BufWriter<File>> {
     interfaces: HashMap<u32, u32>,
     /// Names known ahead (the watched interface); others are looked up when first seen.
     names: HashMap<u32, String>,
+    /// Names an interface first seen in a record (the caller's lookup; none by default).
+    lookup: fn(u32) -> Option<String>,
 }
 
 impl PcapngWriter {
@@ -185,7 +187,14 @@ impl<W: Write> PcapngWriter<W> {
             clock,
             interfaces: HashMap::new(),
             names: HashMap::new(),
+            lookup: |_| None,
         })
+    }
+
+    /// Names interfaces not named ahead, when a record of theirs comes first (their index otherwise).
+    pub fn with_lookup(mut self, lookup: fn(u32) -> Option<String>) -> Self {
+        self.lookup = lookup;
+        self
     }
 
     /// Gives interface `ifindex` its name for the Interface Description Block.
@@ -245,7 +254,7 @@ impl<W: Write> PcapngWriter<W> {
             .names
             .get(&ifindex)
             .cloned()
-            .or_else(|| crate::sys::preflight::interface_name(ifindex))
+            .or_else(|| (self.lookup)(ifindex))
             .unwrap_or_else(|| ifindex.to_string());
         let idb = InterfaceDescriptionBlock {
             linktype: DataLink::ETHERNET,
