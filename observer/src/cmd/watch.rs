@@ -239,8 +239,8 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     let flows = folded.read(false);
     printer.emit_items(flows.iter().map(|f| folded.item(f)));
     // Handshakes that never completed and ARP questions never answered are reported before the summary.
-    let open = printer.analyzer.finish_flows();
-    printer.emit_items(open.iter().map(Item::Handshake));
+    let incomplete = printer.analyzer.finish_flows();
+    printer.emit_items(incomplete.iter().map(Item::Handshake));
     let due = printer.analyzer.finish_arp(boot_time_ns());
     printer.emit_items(due.iter().map(Due::item));
     if args.json {

@@ -104,9 +104,9 @@ pub struct ArpAnalysis {
     pub answers: Option<Answer>,
     /// For a request: the earlier unanswered tries of the same question (0 for a first try).
     pub retry: u32,
-    /// The neighbour entry this reply created or refreshed (the Renderer fills it in).
+    /// The neighbour entry this reply created or refreshed (filled in by [`ArpTracker::observe`]).
     pub neigh: Option<NeighChange>,
-    /// 1-based frame number the Renderer gave the packet (0 before [`ArpTracker::observe`]).
+    /// 1-based frame number the analyzer gave the packet (0 before [`ArpTracker::observe`]).
     pub frame: u64,
 }
 
@@ -331,7 +331,7 @@ impl ArpTracker {
         }
     }
 
-    /// Analyses one packet, which the Renderer numbered `frame`.
+    /// Analyses one packet, which the analyzer numbered `frame`.
     pub fn observe(&mut self, rec: &ArpRecord, frame: u64) -> ArpAnalysis {
         let mut a = self.wireshark.observe(rec);
         a.frame = frame;
@@ -492,7 +492,7 @@ impl ArpTracker {
         })
     }
 
-    /// Holds a neighbour change until the reply that caused it is rendered, or [`NEIGH_HOLD_NS`] passes.
+    /// Holds a neighbour change until the reply that caused it is observed, or [`NEIGH_HOLD_NS`] passes.
     pub fn hold_neigh(&mut self, change: NeighChange) {
         if self.neigh.len() >= NEIGH_HELD
             && let Some(old) = self.neigh.pop_front()

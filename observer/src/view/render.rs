@@ -1145,6 +1145,8 @@ mod tests {
     use crate::model::analyzer::Analyzer;
     use crate::model::arp::ArpTracker;
     use crate::model::flows::FlowTable;
+    use crate::view::pcapng::PcapngWriter;
+    use crate::view::sink::Sink;
 
     /// A wire record's pcapng comment, as the pcapng view writes it.
     #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1152,10 +1154,20 @@ mod tests {
         comment: Option<String>,
     }
 
-    /// The analyzer and the renderer together, as `watch` drives them, one line per call.
+    /// The item's packet block in the pcapng view, with its comment, when the view wrote one.
+    fn written(pcap: &mut PcapngWriter<Vec<u8>>, item: &Item<'_>) -> Option<Written> {
+        let before = pcap.taken();
+        pcap.item(item).expect("writing to memory");
+        (pcap.taken() > before).then(|| Written {
+            comment: packet_comment_of(item),
+        })
+    }
+
+    /// The analyzer, the renderer and the pcapng view together, as `watch` drives them, one line per call.
     struct Pipeline {
         analyzer: Analyzer,
         renderer: Renderer,
+        pcap: PcapngWriter<Vec<u8>>,
         /// The last wire item's comment, unless it was a loopback copy.
         written: Option<Written>,
     }
@@ -1165,6 +1177,12 @@ mod tests {
             Pipeline {
                 analyzer: Analyzer::default(),
                 renderer: Renderer::new(iface, ifindex, json),
+                pcap: PcapngWriter::new(
+                    Vec::new(),
+                    std::path::Path::new("test.pcapng"),
+                    Clock::utc_with_offset(0),
+                )
+                .expect("a pcapng writer in memory"),
                 written: None,
             }
         }
@@ -1189,10 +1207,7 @@ mod tests {
 
         fn segment(&mut self, rec: &TcpRecord, link: Option<&SocketLink>) -> String {
             let item = self.analyzer.segment(rec, link, &[]);
-            let copy = matches!(&item, Item::Segment(s) if s.copy);
-            let written = (!copy).then(|| Written {
-                comment: packet_comment_of(&item),
-            });
+            let written = written(&mut self.pcap, &item);
             let line = self.renderer.line(&item);
             self.written = written;
             line
@@ -1200,11 +1215,9 @@ mod tests {
 
         fn arp(&mut self, rec: &ArpRecord) -> String {
             let item = self.analyzer.arp(rec, &[]);
-            let written = Written {
-                comment: packet_comment_of(&item),
-            };
+            let written = written(&mut self.pcap, &item);
             let line = self.renderer.line(&item);
-            self.written = Some(written);
+            self.written = written;
             line
         }
 
