@@ -259,7 +259,7 @@ fn process_map_names_owners_like_netstat() {
             "PID/Program name of {argv0:?}"
         );
         assert_eq!(owner.pid, child.0.id(), "pid of {argv0:?}");
-        assert_eq!(owner.comm, "socat", "comm of {argv0:?}");
+        assert_eq!(&*owner.comm, "socat", "comm of {argv0:?}");
     }
     assert!(map.get(0).is_none(), "inode 0 has no owner");
 }

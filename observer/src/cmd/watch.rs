@@ -490,7 +490,7 @@ impl<W: Write> Printer<W> {
         !self.done()
     }
 
-    fn emit_all(&mut self, outputs: Vec<Output>) -> bool {
+    fn emit_all(&mut self, outputs: impl IntoIterator<Item = Output>) -> bool {
         for o in outputs {
             if !self.emit(o) {
                 break;

@@ -182,17 +182,17 @@ impl Input {
     }
 }
 
-/// A listener and its queues.
+/// A listener and its queues (fields in the order of their names, see [`SocketLink`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ListenerView {
-    /// The listening address.
-    pub addr: SocketAddr,
-    /// Half-open connections (request socks in SYN_RECV).
-    pub synq: u32,
     /// Connections waiting for accept().
     pub accept: u32,
+    /// The listening address.
+    pub addr: SocketAddr,
     /// The accept queue limit, when known.
     pub limit: Option<u32>,
+    /// Half-open connections (request socks in SYN_RECV).
+    pub synq: u32,
 }
 
 /// Why the kernel dropped a segment at a listener.
@@ -234,18 +234,21 @@ pub enum Fate {
 }
 
 /// The kernel side of one segment.
+///
+/// Its fields, and those of [`ListenerView`] and [`Owner`], are declared in the order of their names: JSON lines
+/// keep their keys sorted, and the segment's line serializes this directly.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SocketLink {
+    /// For a segment to a listener or a half-open connection: what the kernel did with it.
+    pub fate: Option<Fate>,
+    /// For a segment to a listener: the listener and its queues after the segment.
+    pub listener: Option<ListenerView>,
+    /// The process owning the socket (or the listener).
+    pub owner: Option<Owner>,
     /// The connection's state after the segment, when a socket is known.
     pub state: Option<TcpState>,
     /// The state changes this segment caused (ingress) or that sent it (egress), in order.
     pub transitions: Vec<(TcpState, TcpState)>,
-    /// For a segment to a listener: the listener and its queues after the segment.
-    pub listener: Option<ListenerView>,
-    /// For a segment to a listener or a half-open connection: what the kernel did with it.
-    pub fate: Option<Fate>,
-    /// The process owning the socket (or the listener).
-    pub owner: Option<Owner>,
 }
 
 /// What the linker hands back, in order, once an item's hold has passed.
@@ -379,6 +382,8 @@ pub struct Linker<K: Kernel> {
     inputs: Vec<Option<Input>>,
     /// Free slots of `inputs`.
     free: Vec<usize>,
+    /// The outputs of the last flush, handed out by draining: the buffer stays for the next.
+    out: Vec<Output>,
     next_id: u64,
     /// Egress SYN-ACKs in the queue, by the local socket's tuple: their timestamps.
     synacks: FastMap<Tuple, Vec<u64>>,
@@ -426,6 +431,7 @@ impl<K: Kernel> Linker<K> {
             queue: VecDeque::new(),
             inputs: Vec::new(),
             free: Vec::new(),
+            out: Vec::new(),
             next_id: 0,
             synacks: FastMap::default(),
             states: FastMap::default(),
@@ -562,18 +568,18 @@ impl<K: Kernel> Linker<K> {
         );
     }
 
-    /// Returns every item whose hold has passed at `now_ns` (boot-time ns), with its socket side.
-    pub fn flush(&mut self, now_ns: u64) -> Vec<Output> {
+    /// Hands back every item whose hold has passed at `now_ns` (boot-time ns), with its socket side.
+    pub fn flush(&mut self, now_ns: u64) -> std::vec::Drain<'_, Output> {
         self.flush_while(|ts, hold| ts.saturating_add(hold) <= now_ns)
     }
 
-    /// Returns every item now, whatever its hold (at exit).
-    pub fn flush_all(&mut self) -> Vec<Output> {
+    /// Hands back every item now, whatever its hold (at exit).
+    pub fn flush_all(&mut self) -> std::vec::Drain<'_, Output> {
         self.flush_while(|_, _| true)
     }
 
-    fn flush_while(&mut self, due: impl Fn(u64, u64) -> bool) -> Vec<Output> {
-        let mut out = Vec::new();
+    fn flush_while(&mut self, due: impl Fn(u64, u64) -> bool) -> std::vec::Drain<'_, Output> {
+        self.out.clear();
         self.listeners_fresh = false;
         self.views.clear();
         while self.queue.front().is_some_and(|e| due(e.ts, self.hold_ns)) {
@@ -583,13 +589,13 @@ impl<K: Kernel> Linker<K> {
             };
             self.free.push(entry.at);
             if let Some(o) = self.resolve(entry, input) {
-                out.push(o);
+                self.out.push(o);
             }
         }
         // The next segments read the listeners afresh.
         self.listeners_fresh = false;
         self.views.clear();
-        out
+        self.out.drain(..)
     }
 
     fn resolve(&mut self, entry: Entry, input: Input) -> Option<Output> {
@@ -1007,6 +1013,39 @@ mod tests {
 
     use super::*;
 
+    /// The segment's JSON line writes a socket side as it is declared: its keys must come out sorted, as a
+    /// `serde_json::Value` (whose maps sort) prints them.
+    #[test]
+    fn socket_link_serializes_with_sorted_keys() {
+        let link = SocketLink {
+            fate: Some(Fate::Dropped(DropReason::AcceptQueueFull)),
+            listener: Some(ListenerView {
+                accept: 5,
+                addr: "10.0.0.2:22".parse().expect("address"),
+                limit: Some(4),
+                synq: 1,
+            }),
+            owner: Some(Owner {
+                pid: 42,
+                comm: "sshd".into(),
+                program: "sshd".into(),
+            }),
+            state: Some(TcpState::Listen),
+            transitions: vec![(TcpState::Listen, TcpState::SynRecv)],
+        };
+        let direct = serde_json::to_string(&link).expect("serializing");
+        let sorted = serde_json::to_value(&link).expect("serializing").to_string();
+        assert_eq!(direct, sorted);
+        for fate in [Fate::Accepted, Fate::Syncookie] {
+            let link = SocketLink {
+                fate: Some(fate),
+                ..SocketLink::default()
+            };
+            let sorted = serde_json::to_value(&link).expect("serializing").to_string();
+            assert_eq!(serde_json::to_string(&link).expect("serializing"), sorted);
+        }
+    }
+
     /// A kernel whose answers the test sets.
     #[derive(Default)]
     struct Script {
@@ -1123,7 +1162,7 @@ mod tests {
         l.push(seg(2, true, false, TCP_ACK));
         l.push(state(3, clone, TcpState::Listen, TcpState::SynRecv));
         l.push(state(3, server_tuple(), TcpState::SynRecv, TcpState::Established));
-        l.flush(1_000_000_000)
+        l.flush(1_000_000_000).collect()
     }
 
     #[test]
@@ -1172,7 +1211,7 @@ mod tests {
         l.kernel.tcpext.all.insert("ListenDrops".into(), 1);
         l.push(seg(0, true, false, TCP_SYN));
         l.push(seg(1000, true, false, TCP_SYN));
-        let out = l.flush(10_000_000_000);
+        let out: Vec<Output> = l.flush(10_000_000_000).collect();
         let texts = links(&out);
         assert!(
             texts[0].ends_with("DROPPED: accept queue full (ListenOverflows +1)"),
@@ -1208,7 +1247,7 @@ mod tests {
         for input in order(inputs) {
             l.push(input);
         }
-        links(&l.flush(1_000_000_000))
+        links(&l.flush(1_000_000_000).collect::<Vec<_>>())
     }
 
     #[test]
@@ -1252,7 +1291,7 @@ mod tests {
         l.push(seg(4, false, true, TCP_FIN | TCP_ACK));
         l.push(seg(5, true, false, TCP_ACK));
         l.push(state(6, t, TcpState::LastAck, TcpState::Close));
-        let out = l.flush(1_000_000_000);
+        let out: Vec<Output> = l.flush(1_000_000_000).collect();
         assert_eq!(
             links(&out),
             [
@@ -1269,7 +1308,10 @@ mod tests {
         let mut k = Script::default();
         let mut l = Linker::new(&mut k, &[], DEFAULT_HOLD_NS);
         l.push(state(0, server_tuple(), TcpState::Close, TcpState::SynSent));
-        assert!(l.flush(DEFAULT_HOLD_NS - 1).is_empty());
-        assert_eq!(links(&l.flush(DEFAULT_HOLD_NS)), ["state CLOSE→SYN_SENT"]);
+        assert_eq!(l.flush(DEFAULT_HOLD_NS - 1).len(), 0);
+        assert_eq!(
+            links(&l.flush(DEFAULT_HOLD_NS).collect::<Vec<_>>()),
+            ["state CLOSE→SYN_SENT"]
+        );
     }
 }

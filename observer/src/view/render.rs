@@ -326,34 +326,69 @@ pub fn tcp_annotations(a: &TcpAnalysis) -> Vec<String> {
 /// A segment's socket side, the text after `⇒` (empty when nothing is known):
 /// `LISTEN 10.0.0.1:80 synq 1 accept 0/128 nginx(42) DROPPED: ...` or `SYN_RECV→ESTABLISHED curl(7)`.
 pub fn socket_side(link: &SocketLink) -> String {
-    let mut parts: Vec<String> = Vec::new();
+    let mut out = String::new();
+    write_socket_side(&mut out, link);
+    out
+}
+
+/// Appends a segment's socket side, as [`socket_side`] has it, to `out`.
+pub fn write_socket_side(out: &mut String, link: &SocketLink) {
+    let start = out.len();
+    let space = |out: &mut String| {
+        if out.len() > start {
+            out.push(' ');
+        }
+    };
     if let Some(l) = &link.listener {
-        parts.push(listener_text(l));
+        write_listener(out, l);
     }
     if let Some(first) = link.transitions.first() {
-        let mut chain = vec![first.0.name()];
-        chain.extend(link.transitions.iter().map(|t| t.1.name()));
-        parts.push(chain.join("→"));
+        space(out);
+        out.push_str(first.0.name());
+        for t in &link.transitions {
+            out.push('→');
+            out.push_str(t.1.name());
+        }
     } else if link.listener.is_none()
         && let Some(s) = link.state
     {
-        parts.push(s.name().to_owned());
+        space(out);
+        out.push_str(s.name());
     }
     if let Some(o) = &link.owner {
-        parts.push(format!("{}({})", o.comm, o.pid));
+        space(out);
+        let _ = write!(out, "{}({})", o.comm, o.pid);
     }
     match link.fate {
-        Some(Fate::Dropped(r)) => parts.push(format!("DROPPED: {}", r.text())),
-        Some(Fate::Syncookie) => parts.push("answered with a syncookie (SyncookiesSent +1)".into()),
+        Some(Fate::Dropped(r)) => {
+            space(out);
+            out.push_str("DROPPED: ");
+            out.push_str(r.text());
+        }
+        Some(Fate::Syncookie) => {
+            space(out);
+            out.push_str("answered with a syncookie (SyncookiesSent +1)");
+        }
         _ => {}
     }
-    parts.join(" ")
 }
 
 /// `LISTEN <addr> synq <n> accept <n>/<limit or ?>`.
 fn listener_text(l: &ListenerView) -> String {
-    let limit = l.limit.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
-    format!("LISTEN {} synq {} accept {}/{limit}", l.addr, l.synq, l.accept)
+    let mut out = String::new();
+    write_listener(&mut out, l);
+    out
+}
+
+/// Appends [`listener_text`] to `out`.
+fn write_listener(out: &mut String, l: &ListenerView) {
+    let _ = write!(out, "LISTEN {} synq {} accept {}/", l.addr, l.synq, l.accept);
+    match l.limit {
+        Some(n) => {
+            let _ = write!(out, "{n}");
+        }
+        None => out.push('?'),
+    }
 }
 
 /// A kernel note's JSON `event`.
@@ -976,9 +1011,14 @@ impl Renderer {
             notes.extend(s.wait.as_ref().map(notes::resolution_wait));
             write_tcp_head(out, &self.clock, &iface, rec, a);
             write_annotations(out, &notes);
-            if let Some(t) = s.link.map(socket_side).filter(|t| !t.is_empty()) {
+            if let Some(link) = s.link {
+                let mark = out.len();
                 out.push_str(" ⇒ ");
-                out.push_str(&t);
+                let side = out.len();
+                write_socket_side(out, link);
+                if out.len() == side {
+                    out.truncate(mark);
+                }
             }
         }
         let events = a

@@ -14,6 +14,7 @@ use std::{
     io::Read as _,
     os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -24,15 +25,16 @@ const PROGNAME_WIDTH: usize = 20;
 /// How much of /proc/<pid>/cmdline netstat reads.
 const CMDLINE_MAX: u64 = 511;
 
-/// The process that holds a socket.
+/// The process that holds a socket; a clone shares its names (a socket's every line carries its owner). Fields
+/// in the order of their names, as JSON lines sort keys (see `model::link::SocketLink`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Owner {
+    /// /proc/<pid>/comm (the kernel's 15-byte task name).
+    pub comm: Arc<str>,
     /// Process id.
     pub pid: u32,
-    /// /proc/<pid>/comm (the kernel's 15-byte task name).
-    pub comm: String,
     /// What `netstat -p` prints after `pid/`, before it cuts the column (see the module documentation).
-    pub program: String,
+    pub program: Arc<str>,
 }
 
 impl Owner {
@@ -197,8 +199,8 @@ fn owner(dir: &Path, pid: u32) -> Option<Owner> {
     let comm = fs::read(dir.join("comm")).unwrap_or_default();
     Some(Owner {
         pid,
-        comm: String::from_utf8_lossy(&comm).trim_end_matches('\n').to_string(),
-        program: program(&cmdline),
+        comm: String::from_utf8_lossy(&comm).trim_end_matches('\n').into(),
+        program: program(&cmdline).into(),
     })
 }
 
@@ -276,8 +278,8 @@ mod tests {
     fn label_is_cut_to_netstats_column() {
         let owner = |pid, program: &str| Owner {
             pid,
-            comm: String::new(),
-            program: program.to_string(),
+            comm: "".into(),
+            program: program.into(),
         };
         assert_eq!(owner(7, "socat").netstat_label(), "7/socat");
         assert_eq!(
@@ -312,11 +314,8 @@ mod tests {
         assert_eq!(map.get(11).map(|o| o.pid), Some(200));
         assert_eq!(map.get(12).map(Owner::netstat_label), Some("300/socat".to_string()));
         let sshd = map.get(13).cloned().unwrap();
-        assert_eq!(
-            (sshd.comm.as_str(), sshd.program.as_str()),
-            ("sshd", "sshd: root@pts/0")
-        );
-        assert_eq!(map.get(14).map(|o| o.program.as_str()), Some(""));
+        assert_eq!((&*sshd.comm, &*sshd.program), ("sshd", "sshd: root@pts/0"));
+        assert_eq!(map.get(14).map(|o| &*o.program), Some(""));
         assert_eq!(map.get(15), None);
         assert_eq!(map.get(0), None);
     }

@@ -1,6 +1,6 @@
 //! A TCP segment's JSON line written straight into the line buffer: the same object, keys in the same sorted
-//! order as a `serde_json::Value` prints them, without building one (no allocation for a segment without
-//! socket side or ARP wait; those two nested objects still go through a `Value`, which sorts their keys).
+//! order as a `serde_json::Value` prints them, without building one (no allocation for a segment without an
+//! ARP wait; that rare nested object still goes through a `Value`, which sorts its keys).
 
 use std::fmt;
 
@@ -62,7 +62,8 @@ pub fn write_tcp_json(
     m.serialize_entry("sack_perm", &has(OPT_SACK_PERM))?;
     m.serialize_entry("seq", &a.seq)?;
     m.serialize_entry("seq_abs", &rec.seq)?;
-    m.serialize_entry("socket", &Sorted(link))?;
+    // Its fields are declared in sorted order (see SocketLink).
+    m.serialize_entry("socket", &link)?;
     m.serialize_entry("sport", &rec.sport)?;
     m.serialize_entry("src", &Shown(tcp_src(rec)))?;
     m.serialize_entry("summary", &Summary(rec, a))?;
