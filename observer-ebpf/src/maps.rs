@@ -138,7 +138,7 @@ pub fn fold(rec: &TcpRecord, fold_above: u32) -> bool {
     if fold_above == 0 || EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) <= u64::from(fold_above) {
         return false;
     }
-    let (key, _) = FlowKey::of(rec);
+    let (key, from_lo) = FlowKey::of(rec);
     let entry = FOLDED.get_ptr_mut(&key);
     let flow = FlowFold {
         folded: entry.is_some(),
@@ -155,11 +155,11 @@ pub fn fold(rec: &TcpRecord, fold_above: u32) -> bool {
     }
     if let Some(p) = entry {
         // SAFETY: this CPU's value of the entry; preemption is off while the program runs.
-        unsafe { &mut *p }.add(rec.payload_len, rec.header.ts_ns);
+        unsafe { &mut *p }.add(rec, from_lo, rec.header.ts_ns);
         return true;
     }
     let mut first = FoldedFlow::default();
-    first.add(rec.payload_len, rec.header.ts_ns);
+    first.add(rec, from_lo, rec.header.ts_ns);
     // A full table: the segment is recorded as usual.
     FOLDED.insert(&key, &first, u64::from(BPF_NOEXIST)).is_ok()
 }

@@ -89,8 +89,9 @@ fn kernel_name(s: &str) -> String {
 
 /// Runs the agent with `--ring-mb 1` and `extra` on a new pair, stops it (SIGSTOP), floods its interface with
 /// 64-byte segments and makes [`SHORT`] short connections meanwhile, resumes it (SIGCONT) and stops it once the
-/// last connection shows. Returns the run and the short connections' client ports.
-fn stopped_during_a_flood(tag: &str, subnet: u8, extra: &[&str]) -> (Finished, Vec<u16>) {
+/// last connection shows. Returns the run, the short connections' client ports and the segments both namespaces'
+/// kernels retransmitted meanwhile (`RetransSegs`).
+fn stopped_during_a_flood(tag: &str, subnet: u8, extra: &[&str]) -> (Finished, Vec<u16>, u64) {
     let pair = Pair::new(tag, subnet).expect("veth pair");
     listen(&pair.b, &pair.b_addr, SINK_PORT, sink);
     // The server closes first, so each connection goes through the whole teardown on the server's side too.
@@ -137,7 +138,26 @@ fn stopped_during_a_flood(tag: &str, subnet: u8, extra: &[&str]) -> (Finished, V
     seen.append(&mut f.stdout);
     f.stdout = seen;
     assert_eq!(f.code, Some(0), "{:#?}", f.stderr);
-    (f, ports)
+    let retransmitted = retrans_segs(&pair.a) + retrans_segs(&pair.b);
+    (f, ports, retransmitted)
+}
+
+/// The namespace's `Tcp: RetransSegs` from /proc/net/snmp (the namespace of the thread reading it).
+fn retrans_segs(ns: &Netns) -> u64 {
+    let snmp = ns
+        .enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))
+        .expect("entering the namespace")
+        .expect("reading /proc/net/snmp");
+    let tcp: Vec<Vec<&str>> = snmp
+        .lines()
+        .filter(|l| l.starts_with("Tcp:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let [names, values] = &tcp[..] else {
+        panic!("no Tcp lines in /proc/net/snmp: {snmp}");
+    };
+    let at = names.iter().position(|n| *n == "RetransSegs").expect("RetransSegs");
+    values[at].parse().expect("RetransSegs value")
 }
 
 /// The number after `prefix` on the report line that starts with it.
@@ -223,7 +243,7 @@ fn socket_events_survive_a_packet_ring_overflow_while_the_agent_is_stopped() {
         return;
     }
     // No folding: the flood fills the packet ring.
-    let (f, ports) = stopped_during_a_flood("ov", 242, &["--fold-above", "0"]);
+    let (f, ports, _) = stopped_during_a_flood("ov", 242, &["--fold-above", "0"]);
     assert!(
         reported(&f, "dropped records (ring buffer full): ") > 0,
         "the flood never filled the 1 MiB packet ring: {:#?}",
@@ -245,7 +265,7 @@ fn above_the_high_water_mark_data_is_folded_and_every_control_segment_kept() {
     if !require::root("above_the_high_water_mark_data_is_folded") {
         return;
     }
-    let (f, ports) = stopped_during_a_flood("of", 243, &[]);
+    let (f, ports, retransmitted) = stopped_during_a_flood("of", 243, &[]);
     let folded = reported(&f, "folded: ");
     assert!(folded > 0, "nothing was folded: {:#?}", f.stderr);
     assert_eq!(
@@ -299,4 +319,17 @@ fn above_the_high_water_mark_data_is_folded_and_every_control_segment_kept() {
     );
     let in_lines: u64 = lines.iter().filter_map(|v| v["packets"].as_u64()).sum();
     assert_eq!(in_lines, folded, "{lines:?}");
+    // Folded retransmissions are segments the kernels did send again: never more than they count.
+    let again: u64 = lines
+        .iter()
+        .map(|v| {
+            let n = v["retransmits"].as_u64().expect("retransmits");
+            assert!(n <= v["packets"].as_u64().unwrap_or(0), "{v}");
+            n
+        })
+        .sum();
+    assert!(
+        again <= retransmitted,
+        "{again} folded retransmissions, the kernels sent {retransmitted} again"
+    );
 }

@@ -20,6 +20,8 @@ pub struct Folded {
     pub packets: u64,
     /// Their TCP payload bytes.
     pub bytes: u64,
+    /// Those of them that the kernel counted as retransmitted (see `FoldedFlow::retransmits`).
+    pub retransmits: u64,
     /// Boot-time ns of the first of them as far as the readings tell: the entry's first fold, or the last one
     /// the previous reading saw.
     pub from_ns: u64,
@@ -57,6 +59,7 @@ impl FoldTracker {
                 hi,
                 packets: now.packets - before.packets,
                 bytes: now.bytes.saturating_sub(before.bytes),
+                retransmits: now.retransmits.saturating_sub(before.retransmits),
                 from_ns: if before.packets == 0 {
                     now.first_ns
                 } else {
@@ -104,6 +107,8 @@ mod tests {
             bytes: packets * 64,
             first_ns,
             last_ns,
+            retransmits: packets / 4,
+            ..FoldedFlow::default()
         }
     }
 
@@ -125,9 +130,9 @@ mod tests {
         assert_eq!(
             items
                 .iter()
-                .map(|f| (f.lo.port(), f.packets, f.from_ns, f.to_ns))
+                .map(|f| (f.lo.port(), f.packets, f.retransmits, f.from_ns, f.to_ns))
                 .collect::<Vec<_>>(),
-            [(4001, 1, 250, 250), (4000, 3, 200, 300)]
+            [(4001, 1, 0, 250, 250), (4000, 3, 1, 200, 300)]
         );
 
         let (items, idle) = t.update(vec![(key(4000), flow(8, 100, 300)), (key(4001), flow(2, 250, 260))]);

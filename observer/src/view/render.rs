@@ -932,6 +932,8 @@ pub struct FoldedJson {
     pub packets: u64,
     /// Their TCP payload bytes.
     pub bytes: u64,
+    /// Those of them the kernel counted as retransmitted.
+    pub retransmits: u64,
     /// Boot-time ns of the first of them.
     pub from_ns: u64,
     /// The packet ring's high-water mark in bytes: folding happens while more than this waits unread.
@@ -1110,8 +1112,10 @@ impl Renderer {
     /// The line of a flow's folded data segments: `<time> folded <lo> ↔ <hi> <n> data segments, <b> bytes ...`.
     fn folded(&self, f: &Folded, high_water: u64) -> String {
         let summary = format!(
-            "{} data segments, {} bytes in {} not printed one by one: more than {} KiB of the packet ring was unread",
+            "{} data segments ({} retransmitted), {} bytes in {} not printed one by one: more than {} KiB of the \
+             packet ring was unread",
             f.packets,
+            f.retransmits,
             f.bytes,
             fmt_ms(f.to_ns.saturating_sub(f.from_ns)),
             high_water >> 10
@@ -1123,6 +1127,7 @@ impl Renderer {
                 hi: f.hi.to_string(),
                 packets: f.packets,
                 bytes: f.bytes,
+                retransmits: f.retransmits,
                 from_ns: f.from_ns,
                 high_water,
                 summary,
