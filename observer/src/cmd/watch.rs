@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
-use observer_common::{Counter, record::Snap, sock::SockRecord};
+use observer_common::{record::Snap, sock::SockRecord};
 use tokio::{
     io::{
         Interest,
@@ -20,13 +20,13 @@ use tokio::{
 use crate::{
     cli::{HookKind, WatchArgs},
     cmd::live::LiveKernel,
-    model::accounting::{Accounts, NOT_RECORDED, RingAccount},
+    model::accounting::{Accounts, ExitReport, RingAccount, SocketReport},
     model::analyzer::{Analyzer, Due, Item},
     model::events::{self, Event},
     model::flows::FlowTable,
     model::fold::{FoldTracker, Folded},
     model::link::{Bytes, DEFAULT_HOLD_NS, Input, Linker, Output},
-    sys::capture::{Capture, CaptureError, Counters, FoldedTable, Hook, program},
+    sys::capture::{Capture, CaptureError, FoldedTable, Hook, program},
     sys::fault::Fault,
     sys::neigh::{NeighError, NeighMsg, NeighSource, NeighTable},
     sys::preflight,
@@ -243,16 +243,16 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     printer.emit_items(incomplete.iter().map(Item::Handshake));
     let due = printer.analyzer.finish_arp(boot_time_ns());
     printer.emit_items(due.iter().map(Due::item));
+    let accounts = Accounts {
+        ts_ns: boot_time_ns(),
+        packet: RingAccount::packets(&counters),
+        socket: linker.is_some().then(|| RingAccount::sockets(&counters)),
+        printed: printer.stats.events,
+        kernel_lines: printer.stats.kernel_lines,
+        undecodable: printer.stats.decode_errors,
+    };
     if args.json {
         // The text form of the account is the exit report's, on stderr.
-        let accounts = Accounts {
-            ts_ns: boot_time_ns(),
-            packet: RingAccount::packets(&counters),
-            socket: linker.is_some().then(|| RingAccount::sockets(&counters)),
-            printed: printer.stats.events,
-            kernel_lines: printer.stats.kernel_lines,
-            undecodable: printer.stats.decode_errors,
-        };
         // Past `--count` too: the account closes every run that can still write.
         if printer.out_error.is_none() {
             let written = printer.lines.item(&Item::Summary(&accounts));
@@ -267,15 +267,25 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
         logger.get_mut().flush();
     }
     eprintln!("observer: detached from {iface}");
+    let sockets = linker.as_ref().map(|l| {
+        let mut drops: Vec<(&'static str, u64)> = l.drops.iter().map(|(k, v)| (*k, *v)).collect();
+        drops.sort_unstable();
+        SocketReport {
+            tracked: l.tracked(),
+            drops,
+        }
+    });
     eprint!(
         "{}",
-        report(
-            &counters,
-            &printer.stats,
-            linker.as_ref(),
-            &printer.analyzer,
-            &folded.tracker
-        )
+        summary::exit_report(&ExitReport {
+            counters: &counters,
+            accounts: &accounts,
+            flows: printer.analyzer.flow_stats(),
+            arp: printer.analyzer.arp_tracker().counts(),
+            folded_reported: folded.tracker.reported,
+            folded_items: folded.tracker.items,
+            sockets,
+        })
     );
     // The fault that stopped the loop comes first; a closed stdout ends quietly (see `exit::status_of`).
     match (fault, printer.pcap_error.take(), printer.out_error.take()) {
@@ -655,144 +665,5 @@ fn take(
             };
             p.emit(output);
         }
-    }
-}
-
-/// The exit report: dropped records first, then the analysis (connections, handshake RTT, retransmissions,
-/// expert flags, ARP), then the capture's counters.
-fn report(
-    c: &Counters,
-    host: &HostStats,
-    linker: Option<&Linker<LiveKernel>>,
-    analyzer: &Analyzer,
-    folded: &FoldTracker,
-) -> String {
-    let mut s = format!(
-        "dropped records (ring buffer full): {}\nrecords: {} emitted, {} printed, {} undecodable\n",
-        c.get(Counter::RingFull) + c.get(Counter::SockRingFull),
-        c.get(Counter::Emitted),
-        host.events,
-        host.decode_errors
-    );
-    s += &summary::flows(&analyzer.flow_stats());
-    s += &summary::arp(&analyzer.arp_tracker().counts());
-    s.push('\n');
-    s += &format!(
-        "frames seen: tc ingress {}, tc egress {}, xdp {}\n",
-        c.get(Counter::SeenTcIngress),
-        c.get(Counter::SeenTcEgress),
-        c.get(Counter::SeenXdp)
-    );
-    let skipped: Vec<String> = NOT_RECORDED
-        .iter()
-        .map(|k| format!("{} {}", k.name(), c.get(*k)))
-        .collect();
-    s += &format!("not recorded: {}\n", skipped.join(", "));
-    let malformed: Vec<String> = Counter::ALL
-        .iter()
-        .filter(|k| k.is_malformed())
-        .map(|k| format!("{} {}", k.name().trim_start_matches("malformed_"), c.get(*k)))
-        .collect();
-    s += &format!("malformed: {} ({})\n", c.malformed(), malformed.join(", "));
-    s += &format!(
-        "folded: {} data segments, {} of them in {} flow lines\n",
-        c.get(Counter::Folded),
-        folded.reported,
-        folded.items
-    );
-    s += &summary::identity("packet ring", &RingAccount::packets(c));
-    s.push('\n');
-    if let Some(l) = linker {
-        let seen: Vec<String> = Counter::ALL
-            .iter()
-            .filter(|k| k.name().starts_with("sock_seen"))
-            .map(|k| format!("{} {}", k.name().trim_start_matches("sock_seen_"), c.get(*k)))
-            .collect();
-        s += &format!(
-            "socket events: {} emitted, {} lost (ring full), {} other netns, {} unreadable, {} kernel lines ({})\n",
-            c.get(Counter::SockEmitted),
-            c.get(Counter::SockRingFull),
-            c.get(Counter::SockOtherNetns),
-            c.get(Counter::SockUnreadable),
-            host.kernel_lines,
-            seen.join(", ")
-        );
-        s += &summary::identity("socket ring", &RingAccount::sockets(c));
-        s.push('\n');
-        let mut drops: Vec<String> = l.drops.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        drops.sort();
-        s += &format!(
-            "sockets: {} tracked; segments dropped at listeners: {}\n",
-            l.tracked(),
-            if drops.is_empty() {
-                "none".to_owned()
-            } else {
-                drops.join(", ")
-            }
-        );
-    }
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn report_puts_drops_first_and_names_every_class() {
-        let mut c = Counters::default();
-        c.0[Counter::RingFull as usize] = 3;
-        c.0[Counter::SockRingFull as usize] = 1;
-        c.0[Counter::OptionOverrun as usize] = 2;
-        let r = report(
-            &c,
-            &HostStats {
-                events: 5,
-                ..Default::default()
-            },
-            None,
-            &Analyzer::default(),
-            &FoldTracker::default(),
-        );
-        assert!(r.starts_with("dropped records (ring buffer full): 4\n"), "{r}");
-        assert!(r.contains("malformed: 2 (") && r.contains("option_overrun 2"), "{r}");
-        assert!(r.contains("5 printed"), "{r}");
-        let analysis = [
-            "connections: ",
-            "handshake RTT: ",
-            "retransmissions: ",
-            "expert flags: ",
-            "arp: ",
-        ];
-        assert!(analysis.iter().all(|k| r.contains(&format!("\n{k}"))), "{r}");
-    }
-
-    #[test]
-    fn the_identity_says_whether_the_outcomes_add_up() {
-        let mut c = Counters::default();
-        c.0[Counter::SeenTcIngress as usize] = 10;
-        c.0[Counter::Emitted as usize] = 6;
-        c.0[Counter::Folded as usize] = 2;
-        c.0[Counter::RingFull as usize] = 1;
-        c.0[Counter::Filtered as usize] = 1;
-        let of = |c: &Counters| {
-            report(
-                c,
-                &HostStats::default(),
-                None,
-                &Analyzer::default(),
-                &FoldTracker::default(),
-            )
-        };
-        let r = of(&c);
-        assert!(
-            r.contains(
-                "packet ring: seen 10 = recorded 6 + folded 2 + lost 1 + not recorded 1 + malformed 0 (holds)\n"
-            ),
-            "{r}"
-        );
-        c.0[Counter::Emitted as usize] = 5;
-        let r = of(&c);
-        assert!(r.contains("(DOES NOT HOLD: the outcomes add up to 9)"), "{r}");
     }
 }

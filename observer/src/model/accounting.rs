@@ -3,6 +3,8 @@
 
 use observer_common::Counter;
 
+use crate::model::arp::ArpCounts;
+use crate::model::flows::stats::FlowStats;
 use crate::sys::capture::Counters;
 
 /// The packet outcomes that are neither a record, a fold, a loss nor malformed.
@@ -82,6 +84,34 @@ pub struct Accounts {
     pub kernel_lines: u64,
     /// Ring entries that did not decode.
     pub undecodable: u64,
+}
+
+/// Everything the exit report tells: the capture's counters and what the agent made of them.
+#[derive(Clone, Debug)]
+pub struct ExitReport<'a> {
+    /// The capture's counters, summed over CPUs.
+    pub counters: &'a Counters,
+    /// Each ring's account and what was printed.
+    pub accounts: &'a Accounts,
+    /// The flow analysis.
+    pub flows: FlowStats,
+    /// The ARP analysis.
+    pub arp: ArpCounts,
+    /// Folded segments reported in flow lines, and those lines.
+    pub folded_reported: u64,
+    /// Folded flow lines printed.
+    pub folded_items: u64,
+    /// The socket side, when sockets were linked.
+    pub sockets: Option<SocketReport>,
+}
+
+/// The socket model at exit.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketReport {
+    /// Connections tracked.
+    pub tracked: usize,
+    /// Segments dropped at listeners, per reason, sorted by reason.
+    pub drops: Vec<(&'static str, u64)>,
 }
 
 #[cfg(test)]
