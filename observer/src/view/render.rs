@@ -1493,6 +1493,78 @@ mod tests {
     use crate::model::arp::tests::{A, B, BC, IP1, IP2, IP5, IP9, Z, arp};
 
     #[test]
+    fn duplicate_reply_summary_is_tsharks() {
+        // Two hosts answer one request (both hold 192.168.1.2).
+        let mut t = ArpTracker::default();
+        let req = arp((A, BC), 1, A, IP1, Z, IP2);
+        let r1 = arp((B, A), 2, B, IP2, A, IP1);
+        const C: [u8; 6] = [0x02, 0xcc, 0, 0, 0, 3];
+        let r2 = arp((C, A), 2, C, IP2, A, IP1);
+        let texts: Vec<String> = [req, r1, r2]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| arp_summary(p, &t.observe(p, i as u64 + 1)))
+            .collect();
+        assert_eq!(
+            texts,
+            [
+                "Who has 192.168.1.2? Tell 192.168.1.1",
+                "192.168.1.2 is at 02:bb:00:00:00:02",
+                // Wireshark's quirk: the clean check of the reply's target binding clears the Info note.
+                "192.168.1.2 is at 02:cc:00:00:00:03"
+            ]
+        );
+        assert_eq!(t.counts().duplicates, 1);
+        // The second host asking: the sender check alone decides, and tshark prints the note.
+        let ask = arp((C, BC), 1, C, IP2, Z, IP1);
+        assert_eq!(
+            arp_summary(&ask, &t.observe(&ask, 4)),
+            "Who has 192.168.1.1? Tell 192.168.1.2 (duplicate use of 192.168.1.2 detected!)"
+        );
+    }
+
+    #[test]
+    fn a_reply_conflicting_with_the_first_mac_says_so() {
+        let mut state = ArpState::default();
+        state.observe(&arp((A, BC), 1, A, IP1, Z, IP2));
+        state.observe(&arp((B, BC), 1, B, IP1, Z, IP2));
+        let reply = arp((A, B), 2, A, IP2, B, IP1);
+        assert_eq!(
+            arp_summary(&reply, &state.observe(&reply)),
+            "192.168.1.2 is at 02:aa:00:00:00:01 (duplicate use of 192.168.1.1 detected!)"
+        );
+    }
+
+    /// Each scenario's `.tshark` file is tshark 4.0.17's Info column for the same segments
+    /// (`model/flows/testdata/tshark_info.py` writes the pcap and runs tshark).
+    #[test]
+    fn expert_flags_match_tshark() {
+        let cases = [
+            (
+                include_str!("../model/flows/testdata/expert_bulk.txt"),
+                include_str!("../model/flows/testdata/expert_bulk.tshark"),
+            ),
+            (
+                include_str!("../model/flows/testdata/expert_loss.txt"),
+                include_str!("../model/flows/testdata/expert_loss.tshark"),
+            ),
+            (
+                include_str!("../model/flows/testdata/expert_window_full.txt"),
+                include_str!("../model/flows/testdata/expert_window_full.tshark"),
+            ),
+        ];
+        for (scenario, want) in cases {
+            let (segments, analyses) = crate::model::flows::tests::run_scenario(scenario);
+            let got: Vec<String> = segments.iter().zip(&analyses).map(|(r, a)| tcp_summary(r, a)).collect();
+            let want: Vec<&str> = want.lines().collect();
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g, w, "frame {}", i + 1);
+            }
+            assert_eq!(got.len(), want.len());
+        }
+    }
+
+    #[test]
     fn arp_summaries_are_tsharks() {
         // Expected text is tshark 4.0's Info column for the same packets, in this order.
         let packets = [

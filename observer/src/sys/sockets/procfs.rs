@@ -306,12 +306,6 @@ mod tests {
                 s.inode.to_string(),
             ];
             assert_eq!(ours.to_vec(), ns.cols, "row sl {}", row.sl);
-            assert_eq!(
-                crate::table::netstat::timer(&row.socket.timer),
-                ns.timer,
-                "timer of row sl {}",
-                row.sl
-            );
         }
     }
 
