@@ -8,7 +8,7 @@
 //! mount's pid namespace; sockets of every network namespace are found.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     ffi::CString,
     fs,
     io::Read as _,
@@ -116,22 +116,37 @@ impl ProcessMap {
         }
     }
 
-    /// Scans processes in /proc order, all of them or until every inode of `until` has its owner.
+    /// Scans processes in /proc order, all of them or until every inode of `until` has its owner: then it stops
+    /// at that fd, so that a process holding many sockets is not read through for one of them.
     fn scan(&mut self, until: &[u64]) {
         self.owners.clear();
         self.inodes.clear();
+        let mut pending: HashSet<u64> = until.iter().copied().filter(|i| *i != 0).collect();
+        let early = !pending.is_empty();
         for pid in pids(&self.root) {
             let dir = self.root.join(pid.to_string());
-            let mut new = socket_inodes(&dir);
-            new.retain(|inode| !self.inodes.contains_key(inode));
+            let (known, mut new, mut found) = (&self.inodes, Vec::new(), Vec::new());
+            each_socket_inode(&dir, |inode| {
+                if !known.contains_key(&inode) {
+                    new.push(inode);
+                }
+                if pending.remove(&inode) {
+                    found.push(inode);
+                }
+                early && pending.is_empty()
+            });
             if new.is_empty() {
                 continue;
             }
-            if let Some(owner) = owner(&dir, pid) {
-                self.inodes.extend(new.into_iter().map(|inode| (inode, pid)));
-                self.owners.insert(pid, owner);
+            match owner(&dir, pid) {
+                Some(owner) => {
+                    self.inodes.extend(new.into_iter().map(|inode| (inode, pid)));
+                    self.owners.insert(pid, owner);
+                }
+                // Gone meanwhile: its sockets are still to be found elsewhere, if anywhere.
+                None => pending.extend(found),
             }
-            if !until.is_empty() && until.iter().all(|i| *i == 0 || self.inodes.contains_key(i)) {
+            if early && pending.is_empty() {
                 break;
             }
         }
@@ -159,21 +174,28 @@ fn pids(root: &Path) -> Vec<u32> {
     pids
 }
 
-/// Inodes of the sockets among `dir`/fd/*.
-fn socket_inodes(dir: &Path) -> Vec<u64> {
+/// Hands `f` the inode of each socket among `dir`/fd/*, in the directory's order, until it returns true.
+fn each_socket_inode(dir: &Path, mut f: impl FnMut(u64) -> bool) {
     let fd_dir = dir.join("fd");
     let (Ok(fds), Ok(handle)) = (fs::read_dir(&fd_dir), fs::File::open(&fd_dir)) else {
-        return Vec::new();
+        return;
     };
     let mut link = [0u8; 64];
-    fds.filter_map(|fd| {
-        let name = CString::new(fd.ok()?.file_name().as_bytes()).ok()?;
+    for fd in fds {
+        let Some(name) = fd.ok().and_then(|e| CString::new(e.file_name().as_bytes()).ok()) else {
+            continue;
+        };
         // Relative to the open fd directory: no path walk from / for each of a busy server's many fds.
         // SAFETY: `handle` is an open directory, `name` NUL-terminated, `link` writable for its length.
         let n = unsafe { libc::readlinkat(handle.as_raw_fd(), name.as_ptr(), link.as_mut_ptr().cast(), link.len()) };
-        socket_inode(link.get(..usize::try_from(n).ok()?)?)
-    })
-    .collect()
+        let inode = usize::try_from(n)
+            .ok()
+            .and_then(|n| link.get(..n))
+            .and_then(socket_inode);
+        if inode.is_some_and(&mut f) {
+            return;
+        }
+    }
 }
 
 /// The inode of an fd link that names a socket: `socket:[123]` or `[0000]:123`.
@@ -354,5 +376,26 @@ mod tests {
         assert_eq!(map.get(3), None, "pid 30 was scanned although pid 20 completed the set");
         map.refresh();
         assert_eq!(map.get(3).map(|o| o.pid), Some(30));
+    }
+
+    #[test]
+    fn find_stops_inside_a_process_at_the_fd_it_wants() {
+        let proc = FakeProc::new("stop");
+        let fds: Vec<String> = (1..=500).map(|i| format!("socket:[{i}]")).collect();
+        let fds: Vec<&str> = fds.iter().map(String::as_str).collect();
+        proc.process(10, b"/bin/busy\0", "busy", &fds);
+        // The fd the scan meets first, in the directory's own order.
+        let mut first = None;
+        each_socket_inode(&proc.0.join("10"), |inode| {
+            first = Some(inode);
+            true
+        });
+        let first = first.expect("a socket fd");
+        let mut map = ProcessMap::with_root(&proc.0, Duration::from_secs(3600));
+        map.find(&[first]);
+        assert_eq!(map.get(first).map(|o| o.pid), Some(10));
+        assert_eq!(map.inodes.len(), 1, "read on past the fd it wanted");
+        map.refresh();
+        assert_eq!(map.inodes.len(), 500);
     }
 }
