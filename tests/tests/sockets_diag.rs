@@ -268,6 +268,29 @@ fn check() -> anyhow::Result<()> {
             "port {port}: {got:#?}\nwant {want:#?}"
         );
     }
+    // Several ports at once: exactly the sockets on any of them, whatever their order (ports present or not,
+    // 65535 last in the kernel's program, every local port of the table at once).
+    let mut every: Vec<u16> = full.iter().map(|s| s.local.port()).collect();
+    every.sort_unstable();
+    every.dedup();
+    ensure!(
+        every.len() <= observer::sys::sockets::diag::MAX_FILTER_PORTS,
+        "{every:?}"
+    );
+    for ports in [
+        vec![PORT_V6, PORT_V4],
+        vec![PORT_HALF, 1, PORT_V4, 65535],
+        vec![2, 65535],
+        every,
+    ] {
+        let want: Vec<Socket> = full
+            .iter()
+            .filter(|s| ports.contains(&s.local.port()))
+            .cloned()
+            .collect();
+        let got = diag.dump(&Query::all().on_ports(&ports))?;
+        ensure!(keys(&got) == keys(&want), "ports {ports:?}: {got:#?}\nwant {want:#?}");
+    }
     let v6 = diag.dump(&Query::all().of(Families::V6))?;
     ensure!(
         !v6.is_empty() && v6.iter().all(Socket::is_v6),

@@ -1,9 +1,10 @@
 //! `observer queues`: one row per listening socket with its SYN queue (half-open request socks), accept queue
 //! and limit, established children and drops, and the namespace's TcpExt overflow counters.
 //!
-//! The first table comes from one full sock_diag dump. After that, each refresh reads only the listeners, each
-//! listener's SYN_RECV rows (filtered by port in the kernel) and TcpExt; the established counts follow the
-//! kernel's state changes (tp_btf `inet_sock_set_state`) instead of rescanning the table.
+//! The first table comes from the listeners and one sock_diag dump of the sockets on their ports (filtered in the
+//! kernel). After that, each refresh reads only the listeners, their SYN_RECV rows (filtered the same way) and
+//! TcpExt; the established counts follow the kernel's state changes (tp_btf `inet_sock_set_state`) instead of
+//! rescanning the table.
 
 use std::{
     collections::HashMap,
@@ -240,9 +241,12 @@ impl Sources {
         if previous.is_none() {
             states.push(TcpState::Established);
         }
-        self.diag.dump_with(&Query::in_states(&states).of(families), |s| {
-            count(&mut rows, &listeners, &s)
-        })?;
+        // Only the listeners' ports come back: the kernel still walks the table, but sends none of the rest.
+        let ports: Vec<u16> = listeners.iter().map(|l| l.local.port()).collect();
+        self.diag
+            .dump_with(&Query::in_states(&states).of(families).on_ports(&ports), |s| {
+                count(&mut rows, &listeners, &s)
+            })?;
         if let Some(previous) = previous {
             for r in &mut rows {
                 r.established = previous.iter().find(|p| p.addr == r.addr).map_or(0, |p| p.established);

@@ -30,10 +30,12 @@ const NLMSG_HDR_LEN: usize = 16;
 const REQ_LEN: usize = 56;
 /// `struct inet_diag_msg`.
 const MSG_LEN: usize = 72;
-/// An `INET_DIAG_REQ_BYTECODE` attribute holding `sport >= p && sport <= p` (two 8-byte comparisons).
-const PORT_FILTER_LEN: usize = 4 + 16;
-/// The longest request this client sends.
-const MAX_REQUEST: usize = NLMSG_HDR_LEN + REQ_LEN + PORT_FILTER_LEN;
+/// Most local ports one dump filters on in the kernel; a query for more ports is not filtered by port.
+pub const MAX_FILTER_PORTS: usize = 64;
+/// The bytecode of one port: two comparisons of 8 bytes each (op and operand).
+const PORT_BLOCK_LEN: usize = 16;
+/// The longest request this client sends: an `INET_DIAG_REQ_BYTECODE` attribute for the most ports.
+const MAX_REQUEST: usize = NLMSG_HDR_LEN + REQ_LEN + 4 + PORT_BLOCK_LEN * MAX_FILTER_PORTS;
 
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const INET_DIAG_INFO: u16 = 2;
@@ -96,8 +98,8 @@ pub struct Query {
     pub info: bool,
     /// Ask for the socket's memory counters (`INET_DIAG_SKMEMINFO`), for its drop count.
     pub meminfo: bool,
-    /// Only sockets with this local port, filtered in the kernel.
-    pub local_port: Option<u16>,
+    /// Only sockets with one of these local ports, filtered in the kernel.
+    pub local_ports: Option<Ports>,
     /// Which families.
     pub families: Families,
 }
@@ -109,7 +111,7 @@ impl Query {
             states: ALL_STATES,
             info: false,
             meminfo: false,
-            local_port: None,
+            local_ports: None,
             families: Families::Both,
         }
     }
@@ -127,7 +129,7 @@ impl Query {
     pub fn syn_recv(port: u16) -> Self {
         Query {
             states: state_bit(TcpState::SynRecv) | state_bit(TcpState::NewSynRecv),
-            local_port: Some(port),
+            local_ports: Ports::of(&[port]),
             ..Query::all()
         }
     }
@@ -147,8 +149,14 @@ impl Query {
 
     /// The same query restricted to local port `port`.
     pub fn on_port(self, port: u16) -> Self {
+        self.on_ports(&[port])
+    }
+
+    /// The same query restricted to these local ports; not restricted when there are none or more than
+    /// [`MAX_FILTER_PORTS`] (the caller still sorts what comes back by port).
+    pub fn on_ports(self, ports: &[u16]) -> Self {
         Query {
-            local_port: Some(port),
+            local_ports: Ports::of(ports),
             ..self
         }
     }
@@ -156,6 +164,37 @@ impl Query {
     /// The same query restricted to `families`.
     pub fn of(self, families: Families) -> Self {
         Query { families, ..self }
+    }
+}
+
+/// A set of local ports for the kernel to filter on: distinct, ascending, at most [`MAX_FILTER_PORTS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    ports: [u16; MAX_FILTER_PORTS],
+    len: usize,
+}
+
+impl Ports {
+    /// The set of `ports`; `None` when there are none or too many.
+    pub fn of(ports: &[u16]) -> Option<Ports> {
+        let mut set = Ports {
+            ports: [0; MAX_FILTER_PORTS],
+            len: 0,
+        };
+        let mut sorted = ports.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.is_empty() || sorted.len() > MAX_FILTER_PORTS {
+            return None;
+        }
+        set.ports[..sorted.len()].copy_from_slice(&sorted);
+        set.len = sorted.len();
+        Some(set)
+    }
+
+    /// The ports, ascending.
+    pub fn as_slice(&self) -> &[u16] {
+        &self.ports[..self.len]
     }
 }
 
@@ -171,7 +210,7 @@ struct Request {
     remote: (u16, [u8; 16]),
     ifindex: u32,
     cookie: [u32; 2],
-    local_port: Option<u16>,
+    local_ports: Option<Ports>,
 }
 
 impl Request {
@@ -186,7 +225,7 @@ impl Request {
             remote: (0, [0; 16]),
             ifindex: 0,
             cookie: [0; 2],
-            local_port: q.local_port,
+            local_ports: q.local_ports,
         }
     }
 
@@ -217,13 +256,14 @@ impl Request {
             remote: (remote.port(), raw(remote)),
             ifindex,
             cookie: [INET_DIAG_NOCOOKIE; 2],
-            local_port: None,
+            local_ports: None,
         }
     }
 
     /// Writes the netlink message into `out` and returns its length.
     fn encode(&self, seq: u32, out: &mut [u8; MAX_REQUEST]) -> usize {
-        let len = NLMSG_HDR_LEN + REQ_LEN + if self.local_port.is_some() { PORT_FILTER_LEN } else { 0 };
+        let filter_len = self.local_ports.map_or(0, |p| 4 + PORT_BLOCK_LEN * p.as_slice().len());
+        let len = NLMSG_HDR_LEN + REQ_LEN + filter_len;
         let flags = NLM_F_REQUEST | if self.dump { NLM_F_DUMP } else { 0 };
         out.fill(0);
         out[0..4].copy_from_slice(&(len as u32).to_ne_bytes());
@@ -247,18 +287,39 @@ impl Request {
         r[44..48].copy_from_slice(&self.ifindex.to_ne_bytes());
         r[48..52].copy_from_slice(&self.cookie[0].to_ne_bytes());
         r[52..56].copy_from_slice(&self.cookie[1].to_ne_bytes());
-        if let Some(port) = self.local_port {
+        if let Some(ports) = &self.local_ports {
             let a = &mut r[REQ_LEN..];
-            a[0..2].copy_from_slice(&(PORT_FILTER_LEN as u16).to_ne_bytes());
+            a[0..2].copy_from_slice(&(filter_len as u16).to_ne_bytes());
             a[2..4].copy_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
-            // Each comparison jumps 8 bytes on a match; a mismatch jumps 4 bytes past the program's end,
-            // which rejects the socket.
-            encode_op(&mut a[4..8], INET_DIAG_BC_S_GE, 8, 20);
-            encode_op(&mut a[8..12], 0, 0, port);
-            encode_op(&mut a[12..16], INET_DIAG_BC_S_LE, 8, 12);
-            encode_op(&mut a[16..20], 0, 0, port);
+            encode_port_filter(&mut a[4..filter_len], ports.as_slice());
         }
         len
+    }
+}
+
+/// The bytecode accepting a socket whose local port is one of `ports` (ascending): a block of two comparisons
+/// per port. The kernel runs it by jumping `yes` bytes on a true comparison and `no` bytes on a false one, and
+/// accepts the socket when a jump lands exactly on the end (a jump 4 bytes past it rejects). A `yes` jump holds
+/// only a byte, so a match found early leaves through a `no` jump: for every port but the last, `sport >= p`
+/// then `sport >= p + 1`, whose falsehood means `sport == p`. The last block is ss's own `sport >= p && sport
+/// <= p` (ascending order puts port 65535, which has no `p + 1`, there).
+fn encode_port_filter(out: &mut [u8], ports: &[u16]) {
+    let end = out.len();
+    for (i, &port) in ports.iter().enumerate() {
+        let at = i * PORT_BLOCK_LEN;
+        let op = &mut out[at..at + PORT_BLOCK_LEN];
+        let last = i + 1 == ports.len();
+        // `sport < p`: on to the next port's block, or past the end after the last.
+        encode_op(&mut op[0..4], INET_DIAG_BC_S_GE, 8, if last { 20 } else { 16 });
+        encode_op(&mut op[4..8], 0, 0, port);
+        if last {
+            encode_op(&mut op[8..12], INET_DIAG_BC_S_LE, 8, 12);
+            encode_op(&mut op[12..16], 0, 0, port);
+        } else {
+            let to_end = (end - at - 8) as u16;
+            encode_op(&mut op[8..12], INET_DIAG_BC_S_GE, 8, to_end);
+            encode_op(&mut op[12..16], 0, 0, port + 1);
+        }
     }
 }
 
@@ -747,6 +808,55 @@ mod tests {
         assert_eq!(&out[..len], include_bytes!("testdata/diag_req_sport.bin"));
     }
 
+    /// The kernel's `inet_diag_bc_run` for the port comparisons: whether `program` accepts local port `sport`.
+    fn kernel_accepts(program: &[u8], sport: u16) -> bool {
+        let (mut at, mut len) = (0usize, program.len() as i64);
+        while len > 0 {
+            let op = &program[at..];
+            let operand = u16::from_ne_bytes([op[6], op[7]]);
+            let yes = match op[0] {
+                INET_DIAG_BC_S_GE => sport >= operand,
+                INET_DIAG_BC_S_LE => sport <= operand,
+                code => panic!("op {code}"),
+            };
+            let jump = if yes {
+                usize::from(op[1])
+            } else {
+                usize::from(u16::from_ne_bytes([op[2], op[3]]))
+            };
+            at += jump;
+            len -= jump as i64;
+        }
+        len == 0
+    }
+
+    #[test]
+    fn the_port_filter_accepts_exactly_its_ports() {
+        for ports in [
+            vec![80],
+            vec![22, 80],
+            vec![1, 2, 3],
+            vec![443, 65535],
+            vec![0, 65535],
+            (1..=MAX_FILTER_PORTS as u16).map(|p| p * 1000).collect(),
+        ] {
+            let set = Ports::of(&ports).expect("a port set");
+            let mut program = vec![0; PORT_BLOCK_LEN * set.as_slice().len()];
+            encode_port_filter(&mut program, set.as_slice());
+            for sport in (0..=u16::MAX).filter(|p| p % 997 == 0 || ports.iter().any(|q| p.abs_diff(*q) <= 1)) {
+                assert_eq!(
+                    kernel_accepts(&program, sport),
+                    ports.contains(&sport),
+                    "{ports:?} {sport}"
+                );
+            }
+        }
+        assert_eq!(Ports::of(&[]), None);
+        assert_eq!(Ports::of(&vec![7; 3]).map(|p| p.as_slice().to_vec()), Some(vec![7]));
+        let too_many: Vec<u16> = (1..=MAX_FILTER_PORTS as u16 + 1).collect();
+        assert_eq!(Query::all().on_ports(&too_many).local_ports, None);
+    }
+
     #[test]
     fn lookup_request_fills_the_socket_id_without_dump_flag() {
         let req = Request::lookup("10.0.0.1:80".parse().unwrap(), "10.0.0.2:40000".parse().unwrap(), true);
@@ -779,7 +889,10 @@ mod tests {
     fn query_states_cover_request_socks() {
         assert_eq!(Query::all().states, (1..=12).fold(0, |b, n| b | 1 << n));
         assert_ne!(Query::syn_recv(80).states & 1 << 12, 0);
-        assert_eq!(Query::syn_recv(80).local_port, Some(80));
+        assert_eq!(
+            Query::syn_recv(80).local_ports.map(|p| p.as_slice().to_vec()),
+            Some(vec![80])
+        );
         assert_eq!(Query::listeners().states, 1 << 10);
         assert_eq!(
             Query::in_states(&[TcpState::TimeWait, TcpState::Established]).states,
