@@ -852,7 +852,7 @@ mod tests {
             }
         }
         assert_eq!(Ports::of(&[]), None);
-        assert_eq!(Ports::of(&vec![7; 3]).map(|p| p.as_slice().to_vec()), Some(vec![7]));
+        assert_eq!(Ports::of(&[7; 3]).map(|p| p.as_slice().to_vec()), Some(vec![7]));
         let too_many: Vec<u16> = (1..=MAX_FILTER_PORTS as u16 + 1).collect();
         assert_eq!(Query::all().on_ports(&too_many).local_ports, None);
     }
