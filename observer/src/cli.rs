@@ -190,6 +190,9 @@ pub struct WatchArgs {
     /// One JSON object a line instead of text (schema in the README).
     #[arg(long)]
     pub json: bool,
+    /// MAC addresses as numbers, without Wireshark's vendor names (`VMware_c0:00:08`), as with tshark -n.
+    #[arg(long, short = 'n')]
+    pub numeric: bool,
     /// Print the kernel programs' aya-log diagnostics to stderr (costly: a log record per packet).
     #[arg(long)]
     pub ebpf_log: bool,

@@ -136,9 +136,19 @@ pub struct Tshark {
 impl Tshark {
     /// Starts `tshark -i <iface> -l -n <args>` in `ns` and waits until it captures.
     pub fn start(ns: &Netns, iface: &str, args: &[String]) -> anyhow::Result<Tshark> {
+        Tshark::spawn(ns, iface, true, args)
+    }
+
+    /// The same with tshark's default name resolution (MAC vendor names; addresses and ports stay numeric).
+    pub fn start_resolving(ns: &Netns, iface: &str, args: &[String]) -> anyhow::Result<Tshark> {
+        Tshark::spawn(ns, iface, false, args)
+    }
+
+    fn spawn(ns: &Netns, iface: &str, numeric: bool, args: &[String]) -> anyhow::Result<Tshark> {
         let mut child = ns
             .command("tshark")
-            .args(["-i", iface, "-l", "-n"])
+            .args(["-i", iface, "-l"])
+            .args(numeric.then_some("-n"))
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -12,11 +12,14 @@ use tests::{
     tshark::{Tshark, field_args},
 };
 
-/// One ARP line of the agent: Info (tshark's) and the annotations after it.
+/// One ARP line of the agent: the Source and Destination columns and Info (tshark's), and the annotations after
+/// them.
 #[derive(Clone, Debug)]
 struct ArpLine {
     /// 1-based frame number: position among the agent's wire lines.
     frame: usize,
+    src: String,
+    dst: String,
     info: String,
     notes: Vec<String>,
 }
@@ -38,6 +41,8 @@ fn arp_lines(stdout: &[String]) -> Vec<ArpLine> {
                 let mut parts = f[8].split(" · ");
                 ArpLine {
                     frame: i + 1,
+                    src: f[3].to_owned(),
+                    dst: f[5].to_owned(),
                     info: parts.next().unwrap_or_default().to_owned(),
                     notes: parts.map(str::to_owned).collect(),
                 }
@@ -46,10 +51,23 @@ fn arp_lines(stdout: &[String]) -> Vec<ArpLine> {
         .collect()
 }
 
-fn tshark_arp(ns: &Netns, iface: &str) -> Tshark {
+/// tshark's ARP columns on `iface`: with its default name resolution (MAC vendor names), or `numeric` (-n).
+fn tshark_arp(ns: &Netns, iface: &str, numeric: bool) -> Tshark {
     let mut args: Vec<String> = ["-f", "arp"].map(str::to_owned).into();
-    args.extend(field_args(&["_ws.col.Info"]));
-    Tshark::start(ns, iface, &args).expect("starting tshark")
+    args.extend(field_args(&["_ws.col.Source", "_ws.col.Destination", "_ws.col.Info"]));
+    if numeric {
+        Tshark::start(ns, iface, &args)
+    } else {
+        Tshark::start_resolving(ns, iface, &args)
+    }
+    .expect("starting tshark")
+}
+
+/// Gives `iface` a MAC address of a virtual NIC's vendor (VMware's 00:50:56 and 00:0c:29, VirtualBox's 08:00:27),
+/// as the users' own adapters have.
+fn set_mac(ns: &Netns, iface: &str, mac: &str) {
+    ns.ip(&["link", "set", "dev", iface, "address", mac])
+        .expect("ip link set address");
 }
 
 /// Stops the agent once a line satisfies `done` (bounded), with every line it printed.
@@ -62,11 +80,14 @@ fn stop_after(mut agent: Agent, done: impl Fn(&str) -> bool) -> Finished {
     f
 }
 
-/// Our Info column, in order, must be tshark's.
+/// Our Source, Destination and Info columns, in order, must be tshark's.
 fn assert_tshark_agrees(ours: &[ArpLine], tshark: Tshark) {
     let theirs = tshark.stop_after(ours.len());
-    let ours: Vec<&str> = ours.iter().map(|l| l.info.as_str()).collect();
-    assert_eq!(ours, theirs, "observer's ARP Info vs tshark's");
+    let ours: Vec<String> = ours
+        .iter()
+        .map(|l| format!("{}\t{}\t{}", l.src, l.dst, l.info))
+        .collect();
+    assert_eq!(ours, theirs, "observer's ARP columns vs tshark's");
 }
 
 fn mac(ns: &Netns, iface: &str) -> String {
@@ -104,22 +125,33 @@ fn resolution_shows_response_time_and_neighbour_entry() {
         return;
     }
     let pair = Pair::new("ar", 228).expect("namespaces");
+    set_mac(&pair.a, &pair.a_if, "00:50:56:c0:00:08");
+    set_mac(&pair.b, &pair.b_if, "00:0c:29:aa:bb:cc");
     let agent = Agent::start(&pair.a, &["--iface", &pair.a_if]).expect("starting observer");
-    let tshark = tshark_arp(&pair.a, &pair.a_if);
+    let tshark = tshark_arp(&pair.a, &pair.a_if, false);
     pair.a.ip(&["neigh", "flush", "dev", &pair.a_if]).expect("neigh flush");
     ping(&pair.a, &pair.b_addr, "5");
-    let f = stop_after(agent, |l| l.contains(" is at ") && l.contains(" · neigh "));
+    // The entry shows on the reply's line, or, when the agent read it only after printing the reply (a loaded
+    // machine), on a neighbour line naming the reply.
+    let f = stop_after(agent, |l| {
+        (l.contains(" is at ") && l.contains(" · neigh ")) || (l.contains(" neigh ") && l.contains(" · after #"))
+    });
     let lines = arp_lines(&f.stdout);
     let (b, a) = (&pair.b_addr, &pair.a_addr);
     let req = lines
         .iter()
         .find(|l| l.info == format!("Who has {b}? Tell {a}"))
         .unwrap_or_else(|| panic!("no request in {:#?}", f.stdout));
+    assert_eq!((req.src.as_str(), req.dst.as_str()), ("VMware_c0:00:08", "Broadcast"));
     let b_mac = mac(&pair.b, &pair.b_if);
     let reply = lines
         .iter()
         .find(|l| l.info == format!("{b} is at {b_mac}"))
         .unwrap_or_else(|| panic!("no reply in {:#?}", f.stdout));
+    assert_eq!(
+        (reply.src.as_str(), reply.dst.as_str()),
+        ("VMware_aa:bb:cc", "VMware_c0:00:08")
+    );
     assert!(
         reply
             .notes
@@ -130,15 +162,23 @@ fn resolution_shows_response_time_and_neighbour_entry() {
     );
     let (lladdr, state) = ip_neigh(&pair.a, &pair.a_if, b).expect("ip neigh has the entry");
     assert_eq!(lladdr.as_deref(), Some(b_mac.as_str()));
-    let neigh = reply
-        .notes
+    let note = reply.notes.iter().find(|n| n.starts_with("neigh ")).cloned();
+    let own_line = f
+        .stdout
         .iter()
-        .find(|n| n.starts_with("neigh "))
-        .expect("a neigh note");
-    assert!(
-        neigh.starts_with(&format!("neigh {b} ")) && neigh.ends_with(&format!("{state} {b_mac}")),
-        "{neigh:?} vs ip neigh {state} {b_mac}"
-    );
+        .find(|l| l.ends_with(&format!(" · after #{}", reply.frame)) && l.contains(&format!(" neigh {b} ")))
+        .cloned();
+    match (note, own_line) {
+        (Some(neigh), _) => assert!(
+            neigh.starts_with(&format!("neigh {b} ")) && neigh.ends_with(&format!("{state} {b_mac}")),
+            "{neigh:?} vs ip neigh {state} {b_mac}"
+        ),
+        (None, Some(line)) => assert!(
+            line.contains(&format!(" neigh {b} {b_mac} {state} ")),
+            "{line:?} vs ip neigh {state} {b_mac}"
+        ),
+        (None, None) => panic!("no neighbour entry for the reply in {:#?}", f.stdout),
+    }
     assert!(
         f.stderr
             .iter()
@@ -158,8 +198,10 @@ fn unanswered_request_is_retried_and_given_up() {
         return;
     }
     let pair = Pair::new("au", 229).expect("namespaces");
-    let agent = Agent::start(&pair.a, &["--iface", &pair.a_if]).expect("starting observer");
-    let tshark = tshark_arp(&pair.a, &pair.a_if);
+    set_mac(&pair.a, &pair.a_if, "08:00:27:12:34:56");
+    // Numeric, as tshark -n: the vendor's name and Broadcast stay raw.
+    let agent = Agent::start(&pair.a, &["--iface", &pair.a_if, "-n"]).expect("starting observer");
+    let tshark = tshark_arp(&pair.a, &pair.a_if, true);
     let nobody = "10.229.0.99";
     ping(&pair.a, nobody, "5");
     let f = stop_after(agent, |l| l.contains(" unanswered after "));
@@ -167,6 +209,10 @@ fn unanswered_request_is_retried_and_given_up() {
     let lines = arp_lines(&f.stdout);
     let tries: Vec<&ArpLine> = lines.iter().filter(|l| l.info == ask).collect();
     assert!(tries.len() >= 2, "the kernel retries: {:#?}", f.stdout);
+    assert_eq!(
+        (tries[0].src.as_str(), tries[0].dst.as_str()),
+        ("08:00:27:12:34:56", "ff:ff:ff:ff:ff:ff")
+    );
     for (i, t) in tries.iter().enumerate() {
         let want: Vec<String> = (i > 0).then(|| format!("retry {i}, unanswered")).into_iter().collect();
         assert_eq!(t.notes, want, "try {}", i + 1);
@@ -272,11 +318,12 @@ fn crafted_gratuitous_probe_announcement_and_duplicate() {
         return;
     }
     let pair = Pair::new("ag", 230).expect("namespaces");
+    set_mac(&pair.b, &pair.b_if, "08:00:27:00:00:02");
     let agent = Agent::start(&pair.a, &["--iface", &pair.a_if]).expect("starting observer");
-    let tshark = tshark_arp(&pair.a, &pair.a_if);
+    let tshark = tshark_arp(&pair.a, &pair.a_if, false);
     let (bc, zero) = ([0xff; 6], [0; 6]);
     let b_mac = octets(&mac(&pair.b, &pair.b_if));
-    let other = [0x02, 0xdd, 0, 0, 0, 9];
+    let other = [0x00, 0x0c, 0x29, 0, 0, 9];
     let (a_ip, b_ip, spare) = (ipv4(&pair.a_addr), ipv4(&pair.b_addr), [10, 230, 0, 7]);
     send_frames(
         &pair.b,
@@ -357,9 +404,11 @@ fn two_hosts_claiming_one_ip() {
     join_bridge(&br, &a, "veth-a", A);
     join_bridge(&br, &b, "veth-b", SHARED);
     join_bridge(&br, &c, "veth-c", SHARED);
+    set_mac(&b, "veth-b", "00:0c:29:00:00:0b");
+    set_mac(&c, "veth-c", "08:00:27:00:00:0c");
     let (b_mac, c_mac) = (mac(&b, "veth-b"), mac(&c, "veth-c"));
     let agent = Agent::start(&a, &["--iface", "veth-a", "--json"]).expect("starting observer");
-    let tshark = tshark_arp(&a, "veth-a");
+    let tshark = tshark_arp(&a, "veth-a", false);
     ping(&b, A, "5");
     ping(&c, A, "5");
     let json = |l: &str| serde_json::from_str::<serde_json::Value>(l).ok();
@@ -383,15 +432,31 @@ fn two_hosts_claiming_one_ip() {
     let flagged = format!("Who has {A}? Tell {SHARED} (duplicate use of {SHARED} detected!)");
     assert_eq!(second["summary"], flagged.as_str(), "{second}");
     assert_eq!(second["duplicate_of"], b_mac.as_str(), "{second} names the first MAC");
-    let ours: Vec<&str> = arp.iter().map(|v| v["summary"].as_str().unwrap_or_default()).collect();
-    let theirs = tshark.stop_after(ours.len());
-    let at = ours.iter().position(|s| *s == flagged).expect("flagged above");
+    // JSON keeps the raw addresses and names them as tshark's eth.src_resolved and eth.dst_resolved do.
     assert_eq!(
-        theirs.get(at),
-        Some(&flagged),
+        (&second["src"], &second["src_resolved"], &second["dst_resolved"]),
+        (&c_mac.as_str().into(), &"PcsCompu_00:00:0c".into(), &"Broadcast".into()),
+        "{second}"
+    );
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    let ours: Vec<String> = arp
+        .iter()
+        .map(|v| {
+            format!(
+                "{}\t{}\t{}",
+                text(v, "src_resolved"),
+                text(v, "dst_resolved"),
+                text(v, "summary")
+            )
+        })
+        .collect();
+    let theirs = tshark.stop_after(ours.len());
+    let at = ours.iter().position(|s| s.ends_with(&flagged)).expect("flagged above");
+    assert!(
+        theirs.get(at).is_some_and(|t| t.ends_with(&flagged)),
         "tshark flags the same packet: {theirs:#?}"
     );
-    assert_eq!(ours, theirs, "observer's ARP Info vs tshark's");
+    assert_eq!(ours, theirs, "observer's ARP columns vs tshark's");
 }
 
 /// A connection to a neighbour not yet resolved: the SYN leaves only after the ARP reply, and its line names the

@@ -144,7 +144,9 @@ pub async fn run(args: &WatchArgs) -> anyhow::Result<()> {
     }
     privileges::drop_all_but(needs)?;
 
-    let renderer = Renderer::new(&iface, ifindex, args.json).with_clock(clock);
+    let renderer = Renderer::new(&iface, ifindex, args.json)
+        .with_clock(clock)
+        .with_names(super::mac_names(args.numeric));
     let mut printer = Printer {
         analyzer,
         lines: Lines::new(renderer, io::BufWriter::new(io::stdout().lock())),

@@ -310,8 +310,10 @@ impl Default for ArpTracker {
 
 /// Neighbour changes held for a reply at most.
 const NEIGH_HELD: usize = 256;
-/// A neighbour change this soon after a reply about that address was caused by it.
-pub const NEIGH_CLOSE_NS: u64 = 100_000_000;
+/// A neighbour change this soon after a reply about that address was caused by it. Generous: a change is stamped
+/// when the agent reads it from netlink, which a loaded machine delays (the next change of a resolved entry
+/// comes tens of seconds later, when it goes stale).
+pub const NEIGH_CLOSE_NS: u64 = 1_000_000_000;
 /// How long a neighbour change waits for its reply before it is printed on its own: the linker's hold plus a
 /// margin for its flush tick.
 pub const NEIGH_HOLD_NS: u64 = 300_000_000;

@@ -1,6 +1,7 @@
 //! Everything that formats: text lines, JSON, pcapng; each view takes the model's items through [`sink::Sink`].
 
 pub mod lines;
+pub mod names;
 pub mod notes;
 pub mod pcapng;
 pub mod render;

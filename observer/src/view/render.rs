@@ -32,11 +32,11 @@ use crate::model::fold::Folded;
 use crate::model::link::{Fate, KernelNote, ListenerView, NoteKind, SocketLink, StateChange};
 use crate::sys::neigh::NeighChange;
 use crate::sys::sockets::process::Owner;
+use crate::view::names::MacNames;
 use crate::view::{notes, summary};
 
 /// TCP option kind of the MD5 signature, which tshark names without a value.
 const OPTKIND_MD5: u8 = 19;
-const BROADCAST_MAC: [u8; 6] = [0xff; 6];
 const NS_PER_SEC: i64 = 1_000_000_000;
 
 /// Why the wall clock could not be read.
@@ -697,18 +697,15 @@ fn mars_name(op: u16) -> &'static str {
     }
 }
 
-/// The text line of an ARP packet: `<time> <iface> <in|out> <eth src> → <eth dst|Broadcast> ARP <len> <summary>`.
-pub fn arp_line(clock: &Clock, iface: &str, rec: &ArpRecord, a: &ArpAnalysis) -> String {
-    let dst = if rec.header.eth_dst == BROADCAST_MAC {
-        "Broadcast".to_owned()
-    } else {
-        fmt_mac(&rec.header.eth_dst)
-    };
+/// The text line of an ARP packet: `<time> <iface> <in|out> <eth src> → <eth dst> ARP <len> <summary>`, the
+/// Ethernet addresses named as Wireshark's columns name them (`VMware_c0:00:08 → Broadcast`).
+pub fn arp_line(clock: &Clock, iface: &str, names: &MacNames, rec: &ArpRecord, a: &ArpAnalysis) -> String {
     format!(
-        "{} {iface} {} {} → {dst} {} {} {}",
+        "{} {iface} {} {} → {} {} {} {}",
         clock.time_of_day(rec.header.ts_ns),
         direction_name(rec.header.direction),
-        fmt_mac(&rec.header.eth_src),
+        names.name(&rec.header.eth_src),
+        names.name(&rec.header.eth_dst),
         arp_protocol(rec.operation),
         rec.header.wire_len,
         arp_summary(rec, a)
@@ -755,6 +752,10 @@ pub struct ArpJson<'a> {
     /// The fields every record has.
     #[serde(flatten)]
     pub common: CommonJson<'a>,
+    /// The Ethernet source as Wireshark's Source column names it (tshark's `eth.src_resolved`).
+    pub src_resolved: String,
+    /// The Ethernet destination, named the same way (`eth.dst_resolved`).
+    pub dst_resolved: String,
     /// Operation.
     pub operation: ArpOperationJson,
     /// Sender MAC.
@@ -805,10 +806,12 @@ impl From<&NeighChange> for NeighJson {
 }
 
 /// Builds the JSON object of an ARP packet; serialize it with `serde_json`.
-pub fn arp_json<'a>(clock: &Clock, iface: &'a str, rec: &ArpRecord, a: &ArpAnalysis) -> ArpJson<'a> {
+pub fn arp_json<'a>(clock: &Clock, iface: &'a str, names: &MacNames, rec: &ArpRecord, a: &ArpAnalysis) -> ArpJson<'a> {
     let ends = (fmt_mac(&rec.header.eth_src), fmt_mac(&rec.header.eth_dst));
     ArpJson {
         common: CommonJson::new(clock, iface, (&rec.header, a.frame), "arp", ends, arp_summary(rec, a)),
+        src_resolved: names.name(&rec.header.eth_src),
+        dst_resolved: names.name(&rec.header.eth_dst),
         operation: match rec.operation {
             ARP_REQUEST => ArpOperationJson::Word("request"),
             ARP_REPLY => ArpOperationJson::Word("reply"),
@@ -896,6 +899,7 @@ pub struct Renderer {
     ifindex: u32,
     json: bool,
     clock: Clock,
+    names: MacNames,
 }
 
 impl Renderer {
@@ -908,7 +912,14 @@ impl Renderer {
             ifindex,
             json,
             clock: Clock::new().unwrap_or(Clock::utc_with_offset(0)),
+            names: MacNames::builtin(),
         }
+    }
+
+    /// Replaces the MAC address names (the built-in table's by default).
+    pub fn with_names(mut self, names: MacNames) -> Self {
+        self.names = names;
+        self
     }
 
     /// Replaces the clock.
@@ -1040,9 +1051,9 @@ impl Renderer {
         let (rec, a) = (item.rec, item.analysis);
         let iface = self.iface_of(rec.header.ifindex);
         if !self.json {
-            return arp_line(&self.clock, &iface, rec, a);
+            return arp_line(&self.clock, &iface, &self.names, rec, a);
         }
-        json_text(serde_json::to_value(arp_json(&self.clock, &iface, rec, a)))
+        json_text(serde_json::to_value(arp_json(&self.clock, &iface, &self.names, rec, a)))
     }
 
     /// `<time> arp <iface> Who has <ip>? Tell <ip> · unanswered after 3 tries, #1 to #5`.
@@ -1685,13 +1696,13 @@ mod tests {
         let req = arp((A, BC), 1, A, IP1, Z, IP2);
         let a = state.observe(&req);
         assert_eq!(
-            arp_line(&clock(), "eth0", &req, &a),
+            arp_line(&clock(), "eth0", &MacNames::builtin(), &req, &a),
             "22:13:20.123456 eth0 in 02:aa:00:00:00:01 → Broadcast ARP 60 Who has 192.168.1.2? Tell 192.168.1.1"
         );
         let reply = arp((B, A), 2, B, IP2, A, IP1);
         let a = state.observe(&reply);
         assert_eq!(
-            arp_line(&clock(), "eth0", &reply, &a),
+            arp_line(&clock(), "eth0", &MacNames::builtin(), &reply, &a),
             "22:13:20.123456 eth0 in 02:bb:00:00:00:02 → 02:aa:00:00:00:01 ARP 60 192.168.1.2 is at 02:bb:00:00:00:02"
         );
         let dup = arp((B, BC), 1, B, IP1, Z, IP2);
@@ -1699,13 +1710,14 @@ mod tests {
             frame: 3,
             ..state.observe(&dup)
         };
-        let v = serde_json::to_value(arp_json(&clock(), "eth0", &dup, &a)).unwrap();
+        let v = serde_json::to_value(arp_json(&clock(), "eth0", &MacNames::builtin(), &dup, &a)).unwrap();
         assert_eq!(
             v,
             serde_json::json!({
                 "time": "2023-11-14T22:13:20.123456Z", "ts_ns": BOOT_NS, "iface": "eth0",
                 "direction": "in", "hook": "xdp", "vlan": [], "proto": "arp",
                 "src": "02:bb:00:00:00:02", "dst": "ff:ff:ff:ff:ff:ff", "len": 60,
+                "src_resolved": "02:bb:00:00:00:02", "dst_resolved": "Broadcast",
                 "summary": "Who has 192.168.1.2? Tell 192.168.1.1 (duplicate use of 192.168.1.1 detected!)",
                 "operation": "request", "sender_mac": "02:bb:00:00:00:02", "sender_ip": "192.168.1.1",
                 "target_mac": "00:00:00:00:00:00", "target_ip": "192.168.1.2", "kind": "request",
@@ -1713,7 +1725,14 @@ mod tests {
             })
         );
         let odd = arp((A, BC), 3, A, IP1, Z, IP2);
-        let v = serde_json::to_value(arp_json(&clock(), "eth0", &odd, &state.observe(&odd))).unwrap();
+        let v = serde_json::to_value(arp_json(
+            &clock(),
+            "eth0",
+            &MacNames::builtin(),
+            &odd,
+            &state.observe(&odd),
+        ))
+        .unwrap();
         assert_eq!(
             (&v["operation"], &v["kind"]),
             (&serde_json::json!(3), &serde_json::json!("other"))
@@ -1986,7 +2005,14 @@ mod tests {
             "kernel line keys vs the README"
         );
         let req = arp((A, BC), 1, A, IP1, Z, IP2);
-        let arp = serde_json::to_value(arp_json(&clock(), "eth0", &req, &ArpState::default().observe(&req))).unwrap();
+        let arp = serde_json::to_value(arp_json(
+            &clock(),
+            "eth0",
+            &MacNames::builtin(),
+            &req,
+            &ArpState::default().observe(&req),
+        ))
+        .unwrap();
         let documented: std::collections::BTreeSet<String> =
             common.union(&readme_fields("### ARP fields")).cloned().collect();
         assert_eq!(keys(&arp), documented, "ARP JSON keys vs the README");
