@@ -352,8 +352,9 @@ fn tc_shows_handshake_data_teardown_and_arp() {
     assert!(left.is_empty(), "still attached to {} after exit: {left:?}", pair.a_if);
 }
 
-/// Differential test: every TCP and ARP packet the agent prints, in order, has the Info tshark prints for the
-/// same packet, expert prefixes included, and both see the same number of them.
+/// Differential test: every TCP and ARP packet the agent prints, in order, has the Source, Destination and Info
+/// tshark prints for the same packet with its default name resolution (the NICs have VMware's and VirtualBox's
+/// prefixes), expert prefixes included, and both see the same number of them.
 #[test]
 fn tshark_agrees_on_every_segment() {
     const NAME: &str = "tshark_agrees_on_every_segment";
@@ -361,13 +362,23 @@ fn tshark_agrees_on_every_segment() {
         return;
     }
     let pair = Pair::new("ts", 202).expect("namespaces");
+    pair.a
+        .ip(&["link", "set", "dev", &pair.a_if, "address", "00:50:56:c0:00:08"])
+        .expect("MAC of a");
+    pair.b
+        .ip(&["link", "set", "dev", &pair.b_if, "address", "08:00:27:00:00:02"])
+        .expect("MAC of b");
     let agent = Agent::start(&pair.a, &["--iface", &pair.a_if]).expect("starting observer");
     let mut args: Vec<String> = ["-f", "tcp or arp", "--disable-protocol", "ssh"]
         .map(str::to_owned)
         .into();
     args.extend(tshark::TCP_PREFS.map(str::to_owned));
-    args.extend(tshark::field_args(&["_ws.col.Info"]));
-    let tshark = Tshark::start(&pair.a, &pair.a_if, &args).expect("starting tshark");
+    args.extend(tshark::field_args(&[
+        "_ws.col.Source",
+        "_ws.col.Destination",
+        "_ws.col.Info",
+    ]));
+    let tshark = Tshark::start_resolving(&pair.a, &pair.a_if, &args).expect("starting tshark");
     let rounds = 10;
     talk(&pair, &pair.b_addr, PORT, rounds);
     let (total_n, total_m) = (N * rounds as u32, M * rounds as u32);
@@ -393,9 +404,17 @@ fn tshark_agrees_on_every_segment() {
         "packet counts differ:\nours {ours:#?}\ntshark {theirs:#?}"
     );
 
+    assert!(
+        ours.iter().any(|e| e.src == "VMware_c0:00:08" && e.dst == "Broadcast"),
+        "{ours:#?}"
+    );
+    let ours: Vec<String> = ours
+        .iter()
+        .map(|e| format!("{}\t{}\t{}", e.src, e.dst, e.summary))
+        .collect();
     let (mut i, mut reordered, mut report) = (0, 0, String::new());
     while i < ours.len() {
-        let (o, t) = (ours[i].summary.as_str(), theirs[i].as_str());
+        let (o, t) = (ours[i].as_str(), theirs[i].as_str());
         if o == t {
             i += 1;
             continue;
@@ -404,7 +423,7 @@ fn tshark_agrees_on_every_segment() {
         // ingress TC after it, so when an outgoing and an incoming frame cross within microseconds the two may
         // list them in swapped order. An adjacent swap is the same packets, not a disagreement.
         let next = |v: &str, w: Option<&str>| w.is_some_and(|w| w == v);
-        if next(o, theirs.get(i + 1).map(String::as_str)) && next(t, ours.get(i + 1).map(|e| e.summary.as_str())) {
+        if next(o, theirs.get(i + 1).map(String::as_str)) && next(t, ours.get(i + 1).map(String::as_str)) {
             reordered += 1;
             i += 2;
             continue;
