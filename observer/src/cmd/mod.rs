@@ -18,9 +18,9 @@ pub fn mac_names(numeric: bool) -> crate::view::names::MacNames {
     let read = |path: &str| std::fs::read_to_string(path).ok();
     match read("/usr/share/wireshark/manuf") {
         Some(manuf) => MacNames::wireshark(
-            &manuf,
-            &read("/usr/share/wireshark/wka").unwrap_or_default(),
-            &read("/etc/ethers").unwrap_or_default(),
+            manuf,
+            read("/usr/share/wireshark/wka").unwrap_or_default(),
+            read("/etc/ethers").unwrap_or_default(),
         ),
         None => MacNames::builtin(),
     }

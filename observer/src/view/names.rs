@@ -13,8 +13,9 @@
 //! 3. a `manuf` vendor prefix (three bytes, no mask) gives `name_xx:yy:zz`;
 //! 4. masks from 23 bits down to 0 as in step 2.
 
-use std::{collections::HashMap, fmt::Write as _};
+use std::{cell::RefCell, collections::HashMap, fmt::Write as _};
 
+use crate::model::FastMap;
 use crate::view::render::fmt_mac;
 
 /// The prefixes observer knows without Wireshark's files: the virtual NICs of the hypervisors and clouds its
@@ -39,53 +40,49 @@ pub const BUILTIN: &str = "\
 ";
 
 /// MAC address names, looked up as Wireshark does.
-#[derive(Clone, Debug, Default)]
+///
+/// Nothing is parsed until an address is named (most runs print few ARP lines, and a test agent many starts):
+/// then the small files whole, and of `manuf` (52,000 lines) only the lines of that address's vendor prefix,
+/// found by a text search; both are kept for the next address.
+#[derive(Debug, Default)]
 pub struct MacNames {
     /// Names resolve (false: `-n`, every address raw, broadcast too).
     on: bool,
-    /// Each distinct name once (a vendor has many prefixes): the tables hold indices.
-    names: Vec<Box<str>>,
-    /// Whole addresses.
-    exact: HashMap<[u8; 6], u32>,
-    /// Blocks, by the address they are written with (as a 48-bit number).
-    blocks: HashMap<u64, u32>,
-    /// Vendor prefixes, by their three bytes.
-    vendors: HashMap<u32, u32>,
+    /// The small files' texts (`wka`, `ethers`, or the built-in table), in the order later entries win.
+    small: Vec<String>,
+    /// `manuf`'s text, when Wireshark's files are used.
+    manuf: String,
+    /// What was parsed so far.
+    parsed: RefCell<Parsed>,
 }
 
-impl MacNames {
-    /// No names: every address as its six bytes (tshark -n).
-    pub fn numeric() -> Self {
-        MacNames::default()
-    }
+/// The tables parsed so far.
+#[derive(Debug, Default)]
+struct Parsed {
+    /// The small files, once parsed.
+    small: Option<Tables>,
+    /// `manuf`'s lines by vendor prefix (three bytes), parsed when an address of that prefix was named.
+    manuf: FastMap<u32, Tables>,
+}
 
-    /// The built-in table only.
-    pub fn builtin() -> Self {
-        let mut names = MacNames {
-            on: true,
-            ..MacNames::default()
-        };
-        names.add(BUILTIN);
-        names
-    }
+/// Entries of one or more files.
+#[derive(Debug, Default)]
+struct Tables {
+    /// Each distinct name once (a vendor has many prefixes): the maps hold indices.
+    names: Vec<Box<str>>,
+    /// Whole addresses.
+    exact: FastMap<[u8; 6], u32>,
+    /// Blocks, by the address they are written with (as a 48-bit number).
+    blocks: FastMap<u64, u32>,
+    /// Vendor prefixes, by their three bytes.
+    vendors: FastMap<u32, u32>,
+}
 
-    /// Wireshark's files' texts: `manuf` (vendor prefixes and blocks), `wka` (well-known addresses and blocks)
-    /// and `ethers` (a host's own names, which win).
-    pub fn wireshark(manuf: &str, wka: &str, ethers: &str) -> Self {
-        let mut names = MacNames {
-            on: true,
-            ..MacNames::default()
-        };
-        for text in [manuf, wka, ethers] {
-            names.add(text);
-        }
-        names
-    }
-
-    /// Entries of one file: `address<whitespace>name`, `#` starting a comment.
-    fn add(&mut self, text: &str) {
-        let mut index: HashMap<Box<str>, u32> = HashMap::new();
-        for line in text.lines() {
+impl Tables {
+    /// Entries of one file: `address<whitespace>name`, `#` starting a comment; a later entry for the same key wins.
+    fn add<'a>(&mut self, lines: impl Iterator<Item = &'a str>) {
+        let mut index: HashMap<&str, u32> = HashMap::new();
+        for line in lines {
             let line = line.split('#').next().unwrap_or_default();
             let mut words = line.split_whitespace();
             let (Some(addr), Some(name)) = (words.next(), words.next()) else {
@@ -94,8 +91,8 @@ impl MacNames {
             let Some((bytes, len, mask)) = parse_prefix(addr) else {
                 continue;
             };
-            let name = *index.entry(name.into()).or_insert_with_key(|name| {
-                self.names.push(name.clone());
+            let name = *index.entry(name).or_insert_with(|| {
+                self.names.push(name.into());
                 (self.names.len() - 1) as u32
             });
             match (mask, len) {
@@ -113,38 +110,112 @@ impl MacNames {
         }
     }
 
-    /// The address as Wireshark's Source and Destination columns show it.
-    pub fn name(&self, mac: &[u8; 6]) -> String {
-        if !self.on {
-            return fmt_mac(mac);
-        }
-        if let Some(&name) = self.exact.get(mac) {
-            return self.names[name as usize].to_string();
-        }
-        if *mac == [0xff; 6] {
-            return "Broadcast".to_owned();
-        }
-        let n = number(mac);
-        if let Some(found) = (24..48).rev().find_map(|bits| self.block(mac, n, bits)) {
-            return found;
-        }
-        if let Some(&name) = self.vendors.get(&((n >> 24) as u32)) {
-            return format!("{}_{}", self.names[name as usize], hex(&mac[3..]));
-        }
-        (0..24)
-            .rev()
-            .find_map(|bits| self.block(mac, n, bits))
-            .unwrap_or_else(|| fmt_mac(mac))
+    fn name(&self, i: u32) -> &str {
+        &self.names[i as usize]
     }
 
     /// The block the address cut to `bits` is written as, with the bytes the cut leaves.
-    fn block(&self, mac: &[u8; 6], n: u64, bits: u32) -> Option<String> {
+    fn block(&self, mac: &[u8; 6], bits: u32) -> Option<String> {
+        let n = number(mac);
         let key = if bits == 0 { 0 } else { n & !((1u64 << (48 - bits)) - 1) };
         let &name = self.blocks.get(&key)?;
         let whole = (bits / 8) as usize;
         let mut tail = mac[whole..].to_vec();
         tail[0] &= 0xff >> (bits % 8);
-        Some(format!("{}_{}", self.names[name as usize], hex(&tail)))
+        Some(format!("{}_{}", self.name(name), hex(&tail)))
+    }
+
+    fn vendor(&self, mac: &[u8; 6]) -> Option<String> {
+        let &name = self.vendors.get(&((number(mac) >> 24) as u32))?;
+        Some(format!("{}_{}", self.name(name), hex(&mac[3..])))
+    }
+}
+
+impl Clone for MacNames {
+    fn clone(&self) -> Self {
+        MacNames {
+            on: self.on,
+            small: self.small.clone(),
+            manuf: self.manuf.clone(),
+            parsed: RefCell::default(),
+        }
+    }
+}
+
+impl MacNames {
+    /// No names: every address as its six bytes (tshark -n).
+    pub fn numeric() -> Self {
+        MacNames::default()
+    }
+
+    /// The built-in table only.
+    pub fn builtin() -> Self {
+        MacNames {
+            on: true,
+            small: vec![BUILTIN.to_owned()],
+            ..MacNames::default()
+        }
+    }
+
+    /// Wireshark's files' texts: `manuf` (vendor prefixes and blocks), `wka` (well-known addresses and blocks)
+    /// and `ethers` (a host's own names, which win).
+    pub fn wireshark(manuf: String, wka: String, ethers: String) -> Self {
+        MacNames {
+            on: true,
+            small: vec![wka, ethers],
+            manuf,
+            parsed: RefCell::default(),
+        }
+    }
+
+    /// The address as Wireshark's Source and Destination columns show it.
+    pub fn name(&self, mac: &[u8; 6]) -> String {
+        if !self.on {
+            return fmt_mac(mac);
+        }
+        let mut parsed = self.parsed.borrow_mut();
+        let Parsed { small, manuf } = &mut *parsed;
+        let small = small.get_or_insert_with(|| {
+            let mut t = Tables::default();
+            for text in &self.small {
+                t.add(text.lines());
+            }
+            t
+        });
+        let oui = (number(mac) >> 24) as u32;
+        let vendor = manuf.entry(oui).or_insert_with(|| self.manuf_lines(mac));
+        // The small files were read after manuf: their entries win on the same key.
+        if let Some(&name) = small.exact.get(mac) {
+            return small.name(name).to_owned();
+        }
+        if *mac == [0xff; 6] {
+            return "Broadcast".to_owned();
+        }
+        let tables = [&*small, &*vendor];
+        (24..48)
+            .rev()
+            .find_map(|bits| tables.iter().find_map(|t| t.block(mac, bits)))
+            .or_else(|| tables.iter().find_map(|t| t.vendor(mac)))
+            .or_else(|| (0..24).rev().find_map(|bits| small.block(mac, bits)))
+            .unwrap_or_else(|| fmt_mac(mac))
+    }
+
+    /// `manuf`'s entries for the vendor prefix of `mac`: every line that starts with it (`00:50:56`, as the file
+    /// writes them), found by a text search. Every `manuf` entry is 24 bits or longer, so no other line can match.
+    fn manuf_lines(&self, mac: &[u8; 6]) -> Tables {
+        let mut t = Tables::default();
+        if self.manuf.is_empty() {
+            return t;
+        }
+        let prefix = format!("{:02X}:{:02X}:{:02X}", mac[0], mac[1], mac[2]);
+        let text = self.manuf.as_str();
+        let needle = format!("\n{prefix}");
+        let starts = text
+            .match_indices(&needle)
+            .map(|(i, _)| i + 1)
+            .chain(text.starts_with(&prefix).then_some(0));
+        t.add(starts.map(|i| text[i..].lines().next().unwrap_or_default()));
+        t
     }
 }
 
@@ -217,7 +288,7 @@ mod tests {
 
     #[test]
     fn names_are_tsharks() {
-        let names = MacNames::wireshark(MANUF, WKA, "");
+        let names = MacNames::wireshark(MANUF.into(), WKA.into(), String::new());
         for (addr, want) in [
             ("00:50:56:c0:00:08", "VMware_c0:00:08"),
             ("00:50:56:00:00:00", "VMware_00:00:00"),
@@ -251,7 +322,7 @@ mod tests {
 
     #[test]
     fn ethers_names_win_and_numeric_names_nothing() {
-        let names = MacNames::wireshark(MANUF, WKA, "00:50:56:c0:00:08 vmnet8-host\n");
+        let names = MacNames::wireshark(MANUF.into(), WKA.into(), "00:50:56:c0:00:08 vmnet8-host\n".into());
         assert_eq!(names.name(&mac("00:50:56:c0:00:08")), "vmnet8-host");
         let numeric = MacNames::numeric();
         assert_eq!(numeric.name(&mac("00:50:56:c0:00:08")), "00:50:56:c0:00:08");
