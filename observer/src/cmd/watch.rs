@@ -334,7 +334,7 @@ fn read_neigh(neigh: &mut Option<Neigh>, read: Result<Vec<NeighMsg>, NeighError>
         Ok(msgs) => {
             let now = boot_time_ns();
             for m in msgs {
-                if let Some(change) = n.table.apply(&m, now) {
+                if let Some(change) = n.table.apply(&m, m.updated_ns(now)) {
                     analyzer.neigh(change);
                 }
             }

@@ -311,9 +311,17 @@ impl Default for ArpTracker {
 /// Neighbour changes held for a reply at most.
 const NEIGH_HELD: usize = 256;
 /// A neighbour change this soon after a reply about that address was caused by it. Generous: a change is stamped
-/// when the agent reads it from netlink, which a loaded machine delays (the next change of a resolved entry
-/// comes tens of seconds later, when it goes stale).
+/// from the kernel's own age of the entry, but a message without it is stamped when the agent reads it, which a
+/// loaded machine delays (the next change of a resolved entry comes tens of seconds later, when it goes stale).
 pub const NEIGH_CLOSE_NS: u64 = 1_000_000_000;
+/// How much earlier than the reply that caused it a neighbour change may be stamped: the kernel tells an entry's
+/// age in 10 ms ticks counted from jiffies, so the stamp can fall up to a tick before the update.
+const NEIGH_EARLY_NS: u64 = 10_000_000;
+
+/// Whether a neighbour change stamped `change_ns` can have been caused by a reply at `reply_ns`.
+fn caused(change_ns: u64, reply_ns: u64) -> bool {
+    change_ns.saturating_add(NEIGH_EARLY_NS) >= reply_ns && change_ns <= reply_ns.saturating_add(NEIGH_CLOSE_NS)
+}
 /// How long a neighbour change waits for its reply before it is printed on its own: the linker's hold plus a
 /// margin for its flush tick.
 pub const NEIGH_HOLD_NS: u64 = 300_000_000;
@@ -506,9 +514,10 @@ impl ArpTracker {
     }
 
     fn take_neigh(&mut self, ifindex: u32, ip: [u8; 4], ts: u64) -> Option<NeighChange> {
-        let i = self.neigh.iter().position(|c| {
-            c.ifindex == ifindex && c.ip.octets() == ip && c.ts_ns >= ts && c.ts_ns - ts <= NEIGH_CLOSE_NS
-        })?;
+        let i = self
+            .neigh
+            .iter()
+            .position(|c| c.ifindex == ifindex && c.ip.octets() == ip && caused(c.ts_ns, ts))?;
         self.neigh.remove(i)
     }
 
@@ -531,12 +540,7 @@ impl ArpTracker {
                     .resolved
                     .iter()
                     .rev()
-                    .find(|r| {
-                        r.question.0 == c.ifindex
-                            && r.question.2 == c.ip.octets()
-                            && c.ts_ns >= r.reply_ts
-                            && c.ts_ns - r.reply_ts <= NEIGH_CLOSE_NS
-                    })
+                    .find(|r| r.question.0 == c.ifindex && r.question.2 == c.ip.octets() && caused(c.ts_ns, r.reply_ts))
                     .map(|r| r.reply_frame);
                 (c, after)
             })

@@ -75,12 +75,22 @@ pub struct NeighMsg {
     pub state: NeighState,
     /// Whether the entry was deleted (RTM_DELNEIGH).
     pub deleted: bool,
+    /// How long before the message the kernel last updated the entry, in ms (`NDA_CACHEINFO`'s `ndm_updated`,
+    /// in clock ticks of 10 ms, rounded down), when the message says.
+    pub updated_ago_ms: Option<u64>,
 }
 
-/// A change of one neighbour entry, stamped when observer read it.
+impl NeighMsg {
+    /// When the kernel updated the entry, for a message read at `read_ns`: a delayed read changes nothing.
+    pub fn updated_ns(&self, read_ns: u64) -> u64 {
+        read_ns.saturating_sub(self.updated_ago_ms.unwrap_or(0).saturating_mul(1_000_000))
+    }
+}
+
+/// A change of one neighbour entry, stamped when the kernel updated it (as far as its message tells).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NeighChange {
-    /// Boot-time nanoseconds when the notification was read.
+    /// Boot-time nanoseconds when the kernel updated the entry (the read time less the message's age of it).
     pub ts_ns: u64,
     /// Interface index.
     pub ifindex: u32,
@@ -279,10 +289,13 @@ fn neigh_msg(m: &NeighbourMessage, deleted: bool) -> Option<NeighMsg> {
     }
     let mut ip = None;
     let mut lladdr = None;
+    let mut updated_ago_ms = None;
     for a in &m.attributes {
         match a {
             NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)) => ip = Some(*v4),
             NeighbourAttribute::LinkLayerAddress(mac) => lladdr = <[u8; 6]>::try_from(mac.as_slice()).ok(),
+            // Clock ticks (USER_HZ, 100 a second) since the last update.
+            NeighbourAttribute::CacheInfo(c) => updated_ago_ms = Some(u64::from(c.updated) * 10),
             _ => {}
         }
     }
@@ -292,6 +305,7 @@ fn neigh_msg(m: &NeighbourMessage, deleted: bool) -> Option<NeighMsg> {
         lladdr,
         state: NeighState(u16::from(m.header.state)),
         deleted,
+        updated_ago_ms,
     })
 }
 
@@ -308,6 +322,7 @@ mod tests {
             lladdr,
             state,
             deleted,
+            updated_ago_ms: None,
         }
     }
 
@@ -357,5 +372,29 @@ mod tests {
         let twice = [bytes.clone(), bytes].concat();
         assert_eq!(parse(&twice), vec![msg(NeighState::REACHABLE, Some(MAC), false); 2]);
         assert!(parse(&[1, 2, 3]).is_empty());
+
+        // The entry's age: a message read 1.5 s after the update still says when it happened.
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.ifindex = 2;
+        m.attributes = vec![
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(Ipv4Addr::new(10, 0, 0, 2))),
+            NeighbourAttribute::CacheInfo(
+                netlink_packet_route::neighbour::NeighbourCacheInfo::parse(
+                    &[0u32, 0, 150, 1].map(u32::to_ne_bytes).concat(),
+                )
+                .expect("cache info"),
+            ),
+        ];
+        let mut nl = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)),
+        );
+        nl.finalize();
+        let mut bytes = vec![0; nl.buffer_len()];
+        nl.serialize(&mut bytes);
+        let read = parse(&bytes);
+        assert_eq!(read[0].updated_ago_ms, Some(1_500));
+        assert_eq!(read[0].updated_ns(10_000_000_000), 8_500_000_000);
     }
 }
