@@ -352,16 +352,16 @@ mod tests {
         assert_eq!(NeighState(0x06).name(), "0x6");
     }
 
-    #[test]
-    fn parses_a_kernel_notification() {
+    /// The bytes of an RTM_NEWNEIGH notification for 10.0.0.2 on ifindex 2 with `attrs` after the address.
+    fn notification(state: netlink_packet_route::neighbour::NeighbourState, attrs: Vec<NeighbourAttribute>) -> Vec<u8> {
         let mut m = NeighbourMessage::default();
         m.header.family = AddressFamily::Inet;
         m.header.ifindex = 2;
-        m.header.state = netlink_packet_route::neighbour::NeighbourState::Reachable;
-        m.attributes = vec![
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(Ipv4Addr::new(10, 0, 0, 2))),
-            NeighbourAttribute::LinkLayerAddress(MAC.to_vec()),
-        ];
+        m.header.state = state;
+        m.attributes = vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(Ipv4Addr::new(
+            10, 0, 0, 2,
+        )))];
+        m.attributes.extend(attrs);
         let mut nl = NetlinkMessage::new(
             NetlinkHeader::default(),
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)),
@@ -369,31 +369,26 @@ mod tests {
         nl.finalize();
         let mut bytes = vec![0; nl.buffer_len()];
         nl.serialize(&mut bytes);
+        bytes
+    }
+
+    #[test]
+    fn parses_a_kernel_notification() {
+        use netlink_packet_route::neighbour::{NeighbourCacheInfo, NeighbourState};
+        let bytes = notification(
+            NeighbourState::Reachable,
+            vec![NeighbourAttribute::LinkLayerAddress(MAC.to_vec())],
+        );
         let twice = [bytes.clone(), bytes].concat();
         assert_eq!(parse(&twice), vec![msg(NeighState::REACHABLE, Some(MAC), false); 2]);
         assert!(parse(&[1, 2, 3]).is_empty());
 
         // The entry's age: a message read 1.5 s after the update still says when it happened.
-        let mut m = NeighbourMessage::default();
-        m.header.family = AddressFamily::Inet;
-        m.header.ifindex = 2;
-        m.attributes = vec![
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(Ipv4Addr::new(10, 0, 0, 2))),
-            NeighbourAttribute::CacheInfo(
-                netlink_packet_route::neighbour::NeighbourCacheInfo::parse(
-                    &[0u32, 0, 150, 1].map(u32::to_ne_bytes).concat(),
-                )
-                .expect("cache info"),
-            ),
-        ];
-        let mut nl = NetlinkMessage::new(
-            NetlinkHeader::default(),
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)),
-        );
-        nl.finalize();
-        let mut bytes = vec![0; nl.buffer_len()];
-        nl.serialize(&mut bytes);
-        let read = parse(&bytes);
+        let info = NeighbourCacheInfo::parse(&[0u32, 0, 150, 1].map(u32::to_ne_bytes).concat()).expect("cache info");
+        let read = parse(&notification(
+            NeighbourState::default(),
+            vec![NeighbourAttribute::CacheInfo(info)],
+        ));
         assert_eq!(read[0].updated_ago_ms, Some(1_500));
         assert_eq!(read[0].updated_ns(10_000_000_000), 8_500_000_000);
     }
